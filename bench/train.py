@@ -1,0 +1,162 @@
+"""Micro-benchmark of the training step (v2, 40 kHz, 12 800-sample window) on synthetic data.
+
+    python bench/train.py --preset tiny --batch-size 4 --steps 30 [--device cpu|cuda] [--json]
+
+Builds an in-memory dataset of 3.7 s segments (random features, tone audio and its spectrograms,
+not timed), then runs `--warmup` untimed steps and `--steps` timed ones exactly as `train` does
+(batch assembly + `train_step`). Prints steps/s, seconds of training audio per second
+(batch × window / rate × steps/s), the share of wall time spent assembling batches, peak RSS and
+peak GPU memory, as a table and (with --json) as one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+VERSION = "v2"
+SAMPLE_RATE = 40000  # Hz
+SEGMENT_SECONDS = 3.7  # RVC's default segment length
+ITEMS = 64  # segments in the synthetic dataset
+
+
+def synthetic_dataset(device: str, items: int, seed: int = 0) -> Any:
+    import numpy as np
+    import torch
+
+    from rvc_core.models.audio import linear_spectrogram, mel_from_linear
+    from rvc_core.pitch import coarse_pitch
+    from rvc_core.spec import FEATURE_DIMS, SPECTROGRAMS
+    from rvc_core.testing import harmonic_tone
+    from rvc_core.train.data import ResidentDataset
+
+    spec = SPECTROGRAMS[SAMPLE_RATE]
+    rng = np.random.default_rng(seed)
+    half = device.startswith("cuda")
+    store = torch.float16 if half else torch.float32
+    frames = int(SEGMENT_SECONDS * 100)
+    phone, pitch, pitchf, specs, mels, waves = [], [], [], [], [], []
+    for _ in range(items):
+        f0 = float(rng.uniform(100, 300))
+        audio = torch.from_numpy(harmonic_tone(f0, frames / 100, SAMPLE_RATE)).to(device)
+        magnitude = linear_spectrogram(audio.unsqueeze(0), spec)[0][:, :frames]
+        specs.append(magnitude.to(dtype=store))
+        mels.append(mel_from_linear(magnitude.unsqueeze(0), spec)[0])
+        waves.append(audio[: frames * spec.hop_length])
+        phone.append(torch.from_numpy(rng.standard_normal((frames, FEATURE_DIMS[VERSION]))).to(device, store))
+        hz = np.full(frames, f0, dtype=np.float32)
+        pitchf.append(torch.from_numpy(hz).to(device))
+        pitch.append(torch.from_numpy(coarse_pitch(hz)).to(device))
+    return ResidentDataset(
+        ids=tuple(f"s{i}" for i in range(items)),
+        frames=(frames,) * items,
+        speaker_ids=(0,) * items,
+        phone=phone,
+        pitch=pitch,
+        pitchf=pitchf,
+        spec=specs,
+        mel=mels,
+        wave=waves,
+        hop=spec.hop_length,
+        storage=device,
+        device=device,
+    )
+
+
+def run(preset: str, batch_size: int, steps: int, warmup: int, device: str) -> dict[str, Any]:
+    import torch
+
+    from rvc_core.models import build_discriminator, build_generator
+    from rvc_core.spec import SPECTROGRAMS, TRAINING_SEGMENT_SAMPLES
+    from rvc_core.train.config import ADAMW_BETAS, ADAMW_EPS
+    from rvc_core.train.precision import GuardedStepper, choose_precision
+    from rvc_core.train.step import Trainee, train_step
+
+    torch.manual_seed(0)
+    g = build_generator(VERSION, SAMPLE_RATE, preset=preset).to(device).train()
+    d = build_discriminator(VERSION, preset=preset).to(device).train()
+    g_params, d_params = list(g.parameters()), list(d.parameters())
+
+    def adamw(params: list[torch.Tensor]) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(params, lr=1e-4, betas=ADAMW_BETAS, eps=ADAMW_EPS, fused=True)
+
+    trainee = Trainee(g, d, adamw(g_params), adamw(d_params), g_params, d_params)
+    precision = choose_precision(device)
+    stepper = GuardedStepper(precision, device)
+    data = synthetic_dataset(device, max(ITEMS, batch_size))
+    spec = SPECTROGRAMS[SAMPLE_RATE]
+    cuda = device.startswith("cuda")
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize()
+
+    def batches(n: int) -> list[list[int]]:
+        return [[(i * batch_size + j) % len(data) for j in range(batch_size)] for i in range(n)]
+
+    for indices in batches(warmup):
+        train_step(trainee, data.collate(indices), precision=precision, stepper=stepper, spec=spec)
+    sync()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    collate_seconds = 0.0
+    started = time.perf_counter()
+    for indices in batches(steps):
+        t0 = time.perf_counter()
+        batch = data.collate(indices)
+        collate_seconds += time.perf_counter() - t0
+        result = train_step(trainee, batch, precision=precision, stepper=stepper, spec=spec)
+    final_losses = result.losses.tolist()  # the one sync of the timed loop
+    sync()
+    wall = time.perf_counter() - started
+    steps_per_second = steps / wall
+    window = TRAINING_SEGMENT_SAMPLES[(VERSION, SAMPLE_RATE)]
+    return {
+        "preset": preset,
+        "device": device,
+        "precision": precision.name,
+        "batch_size": batch_size,
+        "steps": steps,
+        "threads": torch.get_num_threads(),
+        "steps_per_second": steps_per_second,
+        "audio_seconds_per_second": batch_size * window / SAMPLE_RATE * steps_per_second,
+        "data_loading_share": collate_seconds / wall,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_gpu_mib": torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
+        "losses_finite": all(v == v and abs(v) != float("inf") for v in final_losses),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--preset", choices=("full", "tiny"), default="tiny")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--steps", type=int, default=30, help="timed steps")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--json", action="store_true", help="also print the result as one JSON line")
+    args = p.parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    result = run(args.preset, args.batch_size, args.steps, args.warmup, args.device)
+    width = max(len(k) for k in result)
+    for key, value in result.items():
+        shown = f"{value:.3f}" if isinstance(value, float) else str(value)
+        print(f"{key:<{width}}  {shown}")
+    if args.json:
+        print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""The Flask app: routes, SIGTERM handling and the request's trace in every log line."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from typing import Any
+
+from flask import Flask, Response, g, jsonify, request
+
+from consumer import Services
+from consumer.handlers import events, health, jobs, train, work
+from consumer.logs import log, reset_trace, set_trace
+
+logger = logging.getLogger(__name__)
+
+
+def create_app(services: Services, *, handle_sigterm: bool = True) -> Flask:
+    app = Flask("consumer")
+    app.add_url_rule("/events", "events", lambda: events.handle(services), methods=["POST"])
+    app.add_url_rule("/work", "work", lambda: work.handle(services), methods=["POST"])
+    app.add_url_rule("/train", "train", lambda: train.handle(services), methods=["POST"])
+    app.add_url_rule("/jobs/<job_id>", "job", lambda job_id: jobs.handle(services, job_id), methods=["GET"])
+    app.add_url_rule("/healthz", "healthz", lambda: health.handle(services), methods=["GET"])
+
+    @app.before_request
+    def _trace() -> None:
+        g.trace_token = set_trace(request.headers.get("X-Cloud-Trace-Context"), services.settings.project)
+
+    @app.teardown_request
+    def _untrace(_exc: BaseException | None) -> None:
+        if "trace_token" in g:
+            reset_trace(g.trace_token)
+
+    @app.errorhandler(Exception)
+    def _failed(err: Exception) -> tuple[Response, int]:
+        # Anything unexpected is answered 503, so Pub/Sub redelivers it (with backoff) to a later try.
+        from werkzeug.exceptions import HTTPException
+
+        if isinstance(err, HTTPException):
+            return jsonify(error={"code": "http_error", "message": str(err)}), err.code or 500
+        logger.exception("request failed", extra={"fields": {"path": request.path}})
+        code = getattr(err, "code", "internal_error")
+        return jsonify(
+            error={"code": code if isinstance(code, str) else "internal_error", "message": str(err)}
+        ), 503
+
+    if handle_sigterm:
+        install_sigterm_handler(services.stop)
+    return app
+
+
+def install_sigterm_handler(stop: threading.Event) -> None:
+    """On SIGTERM, ask the running slice to stop at its next clean point, then let the previous
+    handler (gunicorn's graceful shutdown) run. Only possible from the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        log(logger, logging.WARNING, "SIGTERM: stopping the current slice at a clean point")
+        stop.set()
+        if callable(previous):
+            previous(signum, frame)
+        elif previous == signal.SIG_DFL:
+            raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+
+
+def create_app_from_env() -> Flask:
+    """For `gunicorn "consumer.app:create_app_from_env()"`: settings from the environment, JSON logs."""
+    from consumer import build_services
+    from consumer.logs import configure_logging
+    from consumer.settings import Settings
+
+    configure_logging()
+    return create_app(build_services(Settings.from_env()))

@@ -1,0 +1,188 @@
+"""`python -m consumer demo`: one training job end to end with nothing from Google.
+
+Buckets are folders (`file://`), Pub/Sub is the in-process local bus, training is rvc_core's tiny
+preset on CPU with random-initialised networks. The finalize notification goes through the bus to
+the real `/events` handler, work tokens to the real `/work` handler, and the results are printed.
+
+`LocalStack` is that wiring on its own, reused by the tests with a fake trainer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import shutil
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from flask.testing import FlaskClient
+
+    from consumer import Services
+    from consumer.messaging import PushRequest
+    from consumer.messaging.local_bus import LocalBus
+    from consumer.results import ReceivedResult
+    from consumer.slices import Trainer
+    from consumer.storage import ObjectInfo
+
+INBOX_BUCKET = "inbox"
+INTAKE_TOPIC = "rvc-intake"
+
+
+class LocalStack:
+    """`root/{inbox,state,models}` as buckets, the local bus with push subscriptions to the real
+    handlers (through Flask's test client), and every result collected in `results`."""
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        env: Mapping[str, str] | None = None,
+        trainer: Trainer | None = None,
+        bus: LocalBus | None = None,
+        on_result: Callable[[ReceivedResult], None] | None = None,
+    ) -> None:
+        from consumer import build_services
+        from consumer.app import create_app
+        from consumer.messaging.local_bus import LocalBus
+        from consumer.settings import Settings
+        from consumer.storage import open_store
+
+        self.root = Path(root).resolve()
+        defaults = {
+            "STATE_BUCKET": f"file://{self.root / 'state'}",
+            "MODELS_BUCKET": f"file://{self.root / 'models'}",
+            "MESSAGING": "local",
+            "WORK_ROOT": str(self.root / "scratch"),
+            "TRAIN_PRESET": "tiny",
+            "RVC_ASSETS": "none",
+            "RVC_PRETRAINED": "none",
+            "DEVICE": "cpu",
+        }
+        for folder in ("inbox", "state", "models"):
+            (self.root / folder).mkdir(parents=True, exist_ok=True)
+        self.settings = Settings.from_env({**defaults, **(env or {})})
+        self.bus = bus or LocalBus(project=self.settings.project, min_backoff=0.02, max_backoff=0.5)
+        self.services: Services = build_services(self.settings, publisher=self.bus, trainer=trainer)
+        self.client: FlaskClient = create_app(self.services, handle_sigterm=False).test_client()
+        self.inbox = open_store(f"file://{self.root / INBOX_BUCKET}")
+        self.results: list[ReceivedResult] = []
+        self.on_result = on_result
+        self.statuses: dict[str, list[int]] = {"/events": [], "/work": []}
+        self.bus.subscribe(INTAKE_TOPIC, lambda req: self._push("/events", req), name="rvc-intake-push")
+        self.bus.subscribe(
+            self.settings.work_topic, lambda req: self._push("/work", req), name="rvc-work-push"
+        )
+        self.bus.subscribe(self.settings.results_topic, self._collect, name="rvc-results-collect")
+
+    def _push(self, path: str, request: PushRequest) -> int:
+        status = self.client.post(path, data=request.body, headers=request.headers).status_code
+        self.statuses[path].append(status)
+        return status
+
+    def _collect(self, request: PushRequest) -> int:
+        from consumer.results import read_result
+
+        message = json.loads(request.body)["message"]
+        result = read_result(base64.b64decode(message.get("data", "")), message.get("attributes", {}))
+        self.results.append(result)
+        if self.on_result is not None:
+            self.on_result(result)
+        return 204
+
+    def upload(self, zip_path: Path, name: str, metadata: Mapping[str, str] | None = None) -> ObjectInfo:
+        """Puts a file into the inbox bucket and publishes its finalize notification (JSON_API_V1)."""
+        uri = self.settings.object_url(INBOX_BUCKET, name)
+        self.inbox.upload_file(
+            Path(zip_path), uri, content_type="application/zip", metadata=dict(metadata or {})
+        )
+        info = self.inbox.stat(uri)
+        assert info is not None
+        self.notify(info, name)
+        return info
+
+    def notify(self, info: ObjectInfo, name: str) -> None:
+        resource = {
+            "kind": "storage#object",
+            "bucket": INBOX_BUCKET,
+            "name": name,
+            "generation": str(info.generation),
+            "size": str(info.size),
+            "contentType": info.content_type,
+            "metadata": info.metadata,
+        }
+        attributes = {
+            "bucketId": INBOX_BUCKET,
+            "objectId": name,
+            "objectGeneration": str(info.generation),
+            "eventType": "OBJECT_FINALIZE",
+            "payloadFormat": "JSON_API_V1",
+        }
+        self.bus.publish(INTAKE_TOPIC, json.dumps(resource).encode(), attributes)
+
+    def run(self, timeout: float | None = 600.0) -> int:
+        """Delivers until every message is acked (or dead-lettered)."""
+        return self.bus.run_until_idle(timeout=timeout)
+
+    def finals(self, job_id: str | None = None) -> list[ReceivedResult]:
+        return [
+            r
+            for r in self.results
+            if r.kind in ("succeeded", "failed") and (job_id is None or r.data["job_id"] == job_id)
+        ]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m consumer demo", description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("demo-out"), help="folder for the buckets (emptied)")
+    parser.add_argument("--epochs", type=int, default=4, help="epochs to train")
+    parser.add_argument("--slice-seconds", type=float, default=20.0, help="training time per work slice, s")
+    args = parser.parse_args(argv)
+
+    import logging
+
+    from tqdm import tqdm
+
+    from consumer.logs import configure_logging
+    from rvc_core.testing import simple_dataset_zip
+
+    configure_logging(json_lines=False, level="WARNING")
+    logging.getLogger("consumer").setLevel(logging.WARNING)
+    shutil.rmtree(args.out, ignore_errors=True)
+    bars: dict[str, Any] = {}
+
+    def show(result: ReceivedResult) -> None:
+        progress = result.data.get("progress") or {}
+        if result.kind == "accepted":
+            tqdm.write(f"accepted: job {result.data['job_id']} for model {result.data['model_name']}")
+        if result.kind == "progress" and progress.get("stage") == "train" and progress.get("epochs"):
+            bar = bars.setdefault("train", tqdm(total=progress["epochs"], desc="training", unit="epoch"))
+            bar.update(max(0, int(progress.get("epoch") or 0) - bar.n))
+        elif result.kind == "progress":
+            tqdm.write(f"stage: {progress.get('stage')}")
+
+    stack = LocalStack(
+        args.out,
+        env={"SLICE_SECONDS": str(args.slice_seconds), "PROGRESS_EVERY_EPOCHS": "1"},
+        on_result=show,
+    )
+    dataset = simple_dataset_zip(args.out / "upload" / "demo.zip", files=3, seconds=6.0)
+    print(f"uploading {dataset} to {stack.settings.object_url(INBOX_BUCKET, 'datasets/demo.zip')}")
+    stack.upload(dataset, "datasets/demo.zip", {"model-name": "demo", "epochs": str(args.epochs)})
+    stack.run(timeout=3600)
+    for bar in bars.values():
+        bar.close()
+    finals = stack.finals()
+    if len(finals) != 1:
+        print(f"error: expected one final result, got {len(finals)}", file=sys.stderr)
+        return 1
+    final = finals[0]
+    print(json.dumps({"attributes": final.attributes, "data": final.data}, indent=2, sort_keys=True))
+    if final.kind != "succeeded":
+        print(f"error: {final.data['error']['code']}: {final.data['error']['message']}", file=sys.stderr)
+        return 1
+    print(f"model: {final.data['artifacts'].get('pth')}")
+    return 0

@@ -1,0 +1,1 @@
+"""One module per endpoint, each thin: read the request, call the logic, shape the answer."""

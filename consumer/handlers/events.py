@@ -1,0 +1,28 @@
+"""`POST /events`: any upload-notification delivery → intake. Always 2xx for what cannot succeed
+later (ignored or malformed deliveries, bad metadata): Pub/Sub would redeliver a 4xx for days."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Response, jsonify, request
+
+from consumer import Services
+from consumer.deliveries import Ignored, parse_delivery
+from consumer.logs import log
+
+logger = logging.getLogger(__name__)
+
+
+def handle(services: Services) -> tuple[Response, int]:
+    delivery = parse_delivery(dict(request.headers), request.get_data(cache=True, parse_form_data=False))
+    if isinstance(delivery, Ignored):
+        services.counters["malformed_deliveries" if delivery.malformed else "ignored_deliveries"] += 1
+        level = logging.WARNING if delivery.malformed else logging.INFO
+        log(logger, level, f"delivery ignored: {delivery.reason}", malformed=delivery.malformed)
+        return jsonify(outcome="ignored", reason=delivery.reason), 200
+    result = services.intake.accept_upload(delivery)
+    if result.outcome == "ignored":
+        services.counters["ignored_deliveries"] += 1
+        log(logger, logging.INFO, f"delivery ignored: {result.reason}")
+    return jsonify(result.as_json()), 200

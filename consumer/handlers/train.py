@@ -1,0 +1,23 @@
+"""`POST /train`: the original server's JSON API, `{dataset_url, output_url, model_name, epochs, …}`,
+answered `202 {"job_id", "status_url"}`; the job then runs exactly like an uploaded one."""
+
+from __future__ import annotations
+
+from flask import Response, jsonify, request, url_for
+
+from consumer import Services
+
+REJECTION_STATUS: dict[str, int] = {"not_found": 404}
+
+
+def handle(services: Services) -> tuple[Response, int]:
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict) or not body.get("dataset_url"):
+        message = "the body must be a JSON object with at least dataset_url"
+        return jsonify(error={"code": "invalid_request", "message": message}), 400
+    result = services.intake.accept_request(body)
+    if result.outcome == "rejected":
+        error = result.error or {"code": "invalid_request", "message": result.reason}
+        return jsonify(error=error), REJECTION_STATUS.get(str(error.get("code")), 400)
+    status_url = url_for("job", job_id=result.job_id, _external=False)
+    return jsonify(job_id=result.job_id, status_url=status_url, outcome=result.outcome), 202

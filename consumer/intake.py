@@ -1,0 +1,199 @@
+"""Intake: a finalized upload (or a `POST /train` request) → a job record → work token #0 → `accepted`.
+
+Idempotent: the job id is a hash of `bucket/object#generation`, the record is created only if absent,
+and the record remembers which results went out, so a notification delivered five times makes one
+job. A bad metadata value still makes a record (status `failed`) so its one `failed` result is
+published once and `GET /jobs/<id>` explains it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from consumer.deliveries import Ignored, ObjectFinalized
+from consumer.jobspec import InvalidMetadata, build_job_spec, default_model_name, requested_spec
+from consumer.logs import log
+from consumer.records import JobRecord, JobRecords, SourceObject, job_id_for
+from consumer.results import Results, publish_once
+from consumer.slices import WorkQueue, WorkToken
+
+if TYPE_CHECKING:
+    from consumer.settings import Settings
+    from consumer.storage import ObjectInfo, ObjectStore
+
+logger = logging.getLogger(__name__)
+
+# Parallel composite uploads (`gcloud storage cp` of files > 150 MiB) write their parts here.
+COMPOSITE_PARTS_PREFIX = "gcloud/tmp/"
+# Keys of a /train body that describe where data lives rather than how to train.
+TRAIN_LOCATION_KEYS = ("dataset_url", "output_url")
+
+
+@dataclass(frozen=True)
+class IntakeResult:
+    outcome: Literal["accepted", "duplicate", "ignored", "rejected"]
+    job_id: str | None = None
+    reason: str = ""
+    error: dict[str, Any] | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"outcome": self.outcome, "job_id": self.job_id, "reason": self.reason}
+        if self.error:
+            out["error"] = self.error
+        return out
+
+
+# Why an upload does not start a job: checked in order, the first match wins.
+SCREENS: tuple[tuple[str, Callable[[ObjectFinalized, Settings], bool]], ...] = (
+    (
+        "the object is in one of the service's own buckets",
+        lambda e, s: s.is_own_object(s.object_url(e.bucket, e.name)),
+    ),
+    (
+        "a temporary part of a parallel composite upload",
+        lambda e, s: e.name.startswith(COMPOSITE_PARTS_PREFIX),
+    ),
+    ("outside the inbox prefix", lambda e, s: not e.name.startswith(s.inbox_prefix)),
+    ("a folder placeholder", lambda e, s: e.name.endswith("/")),
+    ("not a .zip", lambda e, s: not e.name.lower().endswith(".zip")),
+)
+
+
+def screen(event: ObjectFinalized, settings: Settings) -> Ignored | None:
+    for reason, applies in SCREENS:
+        if applies(event, settings):
+            return Ignored(f"{event.source_key}: {reason}")
+    return None
+
+
+class Intake:
+    def __init__(
+        self,
+        settings: Settings,
+        records: JobRecords,
+        results: Results,
+        work: WorkQueue,
+        store_for: Callable[[str], ObjectStore],
+    ) -> None:
+        self.settings = settings
+        self.records = records
+        self.results = results
+        self.work = work
+        self.store_for = store_for
+
+    def accept_upload(self, event: ObjectFinalized) -> IntakeResult:
+        ignored = screen(event, self.settings)
+        if ignored is not None:
+            return IntakeResult("ignored", reason=ignored.reason)
+        uri = self.settings.object_url(event.bucket, event.name)
+        metadata = event.metadata
+        if metadata is None:  # payload format NONE: the notification carried no object resource
+            info = self.store_for(uri).stat(uri)
+            if info is None:
+                return IntakeResult("ignored", reason=f"{event.source_key}: the object no longer exists")
+            metadata = info.metadata
+        source = SourceObject(uri=uri, bucket=event.bucket, name=event.name, generation=event.generation)
+        return self._open(job_id_for(event.source_key), source, metadata, output_url=None)
+
+    def accept_request(self, body: Mapping[str, Any]) -> IntakeResult:
+        """`POST /train {dataset_url, output_url, model_name, epochs, …}`. Bad input is `rejected` at once
+        (the caller is waiting for the answer) and makes no job."""
+        dataset_url = str(body.get("dataset_url") or "")
+        output_url = body.get("output_url")
+        for name, url in (("dataset_url", dataset_url), ("output_url", output_url)):
+            if url is not None and not str(url).startswith(("gs://", "file:///")):
+                return _rejected("invalid_request", f"{name} must be a gs:// or file:/// URL, got {url!r}")
+        info = self.store_for(dataset_url).stat(dataset_url)
+        if info is None:
+            return _rejected("not_found", f"dataset_url {dataset_url} does not exist")
+        options = {k: v for k, v in body.items() if k not in TRAIN_LOCATION_KEYS}
+        try:
+            fields = requested_spec(options, object_name=info.name).fields
+            spec = build_job_spec(fields, preset=self.settings.train_preset)
+        except InvalidMetadata as err:
+            return IntakeResult("rejected", reason=err.message, error=err.as_dict())
+        # The same request for the same object generation is the same job; other options, another job.
+        request_key = json.dumps({"spec": _spec_dict(spec), "output_url": output_url}, sort_keys=True)
+        job_id = job_id_for(f"{_source_key(info)}|train|{request_key}")
+        source = SourceObject(uri=dataset_url, bucket=info.bucket, name=info.name, generation=info.generation)
+        return self._open(job_id, source, options, output_url=None if output_url is None else str(output_url))
+
+    def _open(
+        self, job_id: str, source: SourceObject, metadata: Mapping[str, Any], *, output_url: str | None
+    ) -> IntakeResult:
+        record = self._new_record(job_id, source, metadata, output_url)
+        record, created = self.records.create(record)
+        record = self._announce(record)
+        outcome: Literal["accepted", "duplicate"] = "accepted" if created else "duplicate"
+        log(logger, logging.INFO, f"intake {outcome}", job_id=job_id, source=source.uri, status=record.status)
+        if record.status == "failed" and record.error:
+            return IntakeResult(outcome, job_id, reason=record.error["message"], error=record.error)
+        return IntakeResult(outcome, job_id)
+
+    def _new_record(
+        self, job_id: str, source: SourceObject, metadata: Mapping[str, Any], output_url: str | None
+    ) -> JobRecord:
+        try:
+            requested = requested_spec(metadata, object_name=source.name)
+            spec = build_job_spec(requested.fields, preset=self.settings.train_preset)
+        except InvalidMetadata as err:
+            return JobRecord(
+                job_id=job_id,
+                model_name=_model_name_hint(metadata, source.name),
+                source=source,
+                spec={},
+                status="failed",
+                stage="intake",
+                error=err.as_dict(),
+                output_url=output_url,
+            )
+        return JobRecord(
+            job_id=job_id,
+            model_name=spec.model_name,
+            source=source,
+            spec=_spec_dict(spec),
+            unknown_keys=list(requested.unknown_keys),
+            output_url=output_url,
+        )
+
+    def _announce(self, record: JobRecord) -> JobRecord:
+        """Everything a new job owes the world, each step skipped once recorded (duplicates, crashes)."""
+        if record.status == "failed":
+            return publish_once(self.results, self.records, record, "failed")
+        if "accepted" in record.announced:
+            return record
+        self.records.claim_newest(record.model_name, record.job_id, record.source.generation)
+        self.work.publish(WorkToken(record.job_id, 0))
+        return publish_once(self.results, self.records, record, "accepted")
+
+
+def _spec_dict(spec: Any) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    return asdict(spec)
+
+
+def _source_key(info: ObjectInfo) -> str:
+    return f"{info.bucket}/{info.name}#{info.generation}"
+
+
+def _model_name_hint(metadata: Mapping[str, Any], object_name: str) -> str:
+    """A name for the failed event of a job whose metadata was refused (maybe the name itself)."""
+    from consumer.jobspec import ALIASES, MODEL_NAME, normalise_key
+
+    for key, value in metadata.items():
+        if ALIASES.get(normalise_key(str(key))) == "model_name" and MODEL_NAME.match(str(value)):
+            return str(value)
+    return default_model_name(object_name)
+
+
+def _rejected(code: str, message: str) -> IntakeResult:
+    return IntakeResult(
+        "rejected",
+        reason=message,
+        error={"stage": "intake", "code": code, "message": message, "retryable": False},
+    )

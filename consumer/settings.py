@@ -1,0 +1,215 @@
+"""The service's configuration: environment variables with defaults, validated once at start.
+
+Each field's metadata names its variable and documents it, so the README table, the validation and
+the error line come from one place. An invalid value fails start-up with one line naming the
+variable and what it accepts.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any
+
+from rvc_core.errors import ConfigError
+
+PRESETS: tuple[str, ...] = ("full", "tiny")
+MESSAGING_KINDS: tuple[str, ...] = ("pubsub", "local")
+DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
+
+
+class SettingsError(ConfigError):
+    """The environment does not describe a runnable service."""
+
+    code = "invalid_config"
+
+
+def env_field(name: str, help: str, default: Any = MISSING) -> Any:
+    return field(default=default, metadata={"env": name, "help": help})
+
+
+@dataclass(frozen=True)
+class Settings:
+    state_bucket: str = env_field(
+        "STATE_BUCKET", "where job records, stage outputs and checkpoints live: gs://NAME or file:///DIR"
+    )
+    models_bucket: str = env_field(
+        "MODELS_BUCKET", "where finished models are written: gs://NAME or file:///DIR"
+    )
+    project: str = env_field("GOOGLE_CLOUD_PROJECT", "Google Cloud project of the topics", "local")
+    inbox_prefix: str = env_field("INBOX_PREFIX", "only uploads under this prefix start jobs", "datasets/")
+    work_topic: str = env_field("WORK_TOPIC", "topic carrying work tokens {job_id, seq}", "rvc-work")
+    results_topic: str = env_field("RESULTS_TOPIC", "topic receiving the result CloudEvents", "rvc-results")
+    slice_seconds: float = env_field(
+        "SLICE_SECONDS", "training time per work slice, s (keep it below the work ack deadline)", 480.0
+    )
+    lease_seconds: float = env_field(
+        "LEASE_SECONDS", "a job lease not renewed for this long, s, is taken over (a crashed slice)", 60.0
+    )
+    max_consecutive_failures: int = env_field(
+        "MAX_CONSECUTIVE_FAILURES", "failed slices in a row after which a job is marked failed", 3
+    )
+    progress_every_epochs: int = env_field(
+        "PROGRESS_EVERY_EPOCHS", "publish a progress event every N epochs (and at each stage)", 10
+    )
+    train_preset: str = env_field("TRAIN_PRESET", "network size: full (RVC's) or tiny (tests, demos)", "full")
+    rvc_assets: str | None = env_field(
+        "RVC_ASSETS", "folder of weight files (hubert, rmvpe), or 'none' for random networks", None
+    )
+    rvc_pretrained: str | None = env_field(
+        "RVC_PRETRAINED", "folder of pretrained generator/discriminator weights, or 'none'", None
+    )
+    messaging: str = env_field("MESSAGING", "pubsub (PUBSUB_EMULATOR_HOST honoured) or local", "pubsub")
+    device: str = env_field("DEVICE", "auto, cpu or cuda", "auto")
+    work_root: str = env_field(
+        "WORK_ROOT", "local scratch folder for work dirs", os.path.join(tempfile.gettempdir(), "rvc-trainer")
+    )
+    port: int = env_field("PORT", "HTTP port", 8080)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Reads and validates every variable; raises `SettingsError` with one line listing all problems."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        problems: list[str] = []
+        for f in fields(cls):
+            name = f.metadata["env"]
+            raw = env.get(name, "").strip()
+            if not raw:
+                if f.default is MISSING:
+                    problems.append(f"{name} is required ({f.metadata['help']})")
+                continue
+            try:
+                values[f.name] = PARSERS.get(f.name, str)(raw)
+            except ValueError as err:
+                problems.append(f"{name}={raw!r}: {err}")
+        if problems:
+            raise SettingsError("; ".join(problems))
+        return cls(**values)
+
+    def __post_init__(self) -> None:
+        if self.state_url == self.models_url:
+            raise SettingsError("STATE_BUCKET and MODELS_BUCKET must differ")
+
+    @property
+    def state_url(self) -> str:
+        return bucket_url(self.state_bucket)
+
+    @property
+    def models_url(self) -> str:
+        return bucket_url(self.models_bucket)
+
+    def object_url(self, bucket: str, name: str) -> str:
+        """The URL of an object named in an event. With `file://` state, buckets are sibling folders:
+        STATE_BUCKET=file:///srv/buckets/state puts bucket `inbox` at file:///srv/buckets/inbox."""
+        if self.state_url.startswith("file://"):
+            return f"{self.state_url.rsplit('/', 1)[0]}/{bucket}/{name}"
+        return f"gs://{bucket}/{name}"
+
+    def is_own_object(self, url: str) -> bool:
+        """True for objects the service writes (state, models): they must never start a job."""
+        return any(url.startswith(f"{own}/") for own in (self.state_url, self.models_url))
+
+    def resolved_device(self) -> str:
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def documentation() -> list[tuple[str, str, str]]:
+    """(variable, default, help) rows for the README."""
+    rows = []
+    for f in fields(Settings):
+        default = "(required)" if f.default is MISSING else str(f.default)
+        rows.append((f.metadata["env"], default, f.metadata["help"]))
+    return rows
+
+
+def bucket_url(raw: str) -> str:
+    """`gs://b`, `gs://b/prefix`, `file:///dir` or a bare bucket name → a URL without a trailing slash."""
+    raw = raw.strip()
+    if "://" not in raw:
+        raw = f"gs://{raw}"
+    return raw.rstrip("/")
+
+
+def bucket_name(raw: str) -> str:
+    """The bucket of a URL: `gs://b/x` → `b`; for `file:///root/b` the last folder, `b`."""
+    url = bucket_url(raw)
+    scheme, _, rest = url.partition("://")
+    if scheme == "file":
+        return rest.rstrip("/").rsplit("/", 1)[-1]
+    return rest.split("/", 1)[0]
+
+
+def _bucket(raw: str) -> str:
+    url = bucket_url(raw)
+    scheme, _, rest = url.partition("://")
+    if scheme not in ("gs", "file") or not rest.strip("/"):
+        raise ValueError("must be gs://BUCKET, file:///FOLDER or a bucket name")
+    if scheme == "file" and not rest.startswith("/"):
+        raise ValueError("a file:// bucket needs an absolute path (file:///…)")
+    return url
+
+
+def _number(low: float, high: float) -> Callable[[str], float]:
+    def parse(raw: str) -> float:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ValueError(f"must be a number from {low:g} to {high:g}") from None
+        if not low <= value <= high:
+            raise ValueError(f"must be a number from {low:g} to {high:g}")
+        return value
+
+    return parse
+
+
+def _integer(low: int, high: int) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ValueError(f"must be an integer from {low} to {high}") from None
+        if not low <= value <= high:
+            raise ValueError(f"must be an integer from {low} to {high}")
+        return value
+
+    return parse
+
+
+def _choice(options: tuple[str, ...]) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.lower()
+        if value not in options:
+            raise ValueError(f"must be one of {', '.join(options)}")
+        return value
+
+    return parse
+
+
+def _prefix(raw: str) -> str:
+    # An empty prefix would take every object of the bucket; "/" alone means the same.
+    value = raw.lstrip("/")
+    if value and not value.endswith("/"):
+        value += "/"
+    return value
+
+
+PARSERS: dict[str, Callable[[str], Any]] = {
+    "state_bucket": _bucket,
+    "models_bucket": _bucket,
+    "inbox_prefix": _prefix,
+    "slice_seconds": _number(1, 3600),
+    "lease_seconds": _number(3, 3600),
+    "max_consecutive_failures": _integer(1, 100),
+    "progress_every_epochs": _integer(1, 10_000),
+    "train_preset": _choice(PRESETS),
+    "messaging": _choice(MESSAGING_KINDS),
+    "device": _choice(DEVICES),
+    "port": _integer(1, 65535),
+}

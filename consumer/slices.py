@@ -1,0 +1,770 @@
+"""One work slice of one job: what `POST /work` does with a token `{job_id, seq}`.
+
+A slice takes the job's lease (compare-and-swap on the record), restores the work dir from the
+state bucket, runs the pipeline until the slice budget (SLICE_SECONDS) is spent, uploads what
+changed, publishes the next token and only then advances the record and answers 2xx. Every step
+is safe to lose: an unanswered token is redelivered and the next slice resumes from the last
+uploaded state.
+
+Token rules: a token behind the record's `seq` is stale (acked and dropped); one ahead of it was
+published just before its predecessor advanced the record (retry later); a job leased by a live
+owner is retried later; a lease that expired means its slice died, which counts as a failure. A
+job failing MAX_CONSECUTIVE_FAILURES slices in a row is marked failed. A newer upload of the same
+model name supersedes an unfinished job. Each job publishes exactly one final result.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import shutil
+import threading
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+from consumer.errors import NotFound
+from consumer.logs import log
+from consumer.records import JobRecord, JobRecords, Lease, job_id_for
+from consumer.results import Results, final_kind, publish_once
+from rvc_core.errors import RvcError
+
+if TYPE_CHECKING:
+    from consumer.messaging import Publisher
+    from consumer.settings import Settings
+    from consumer.storage import ObjectInfo, ObjectStore
+    from rvc_core.progress import ProgressEvent
+
+logger = logging.getLogger(__name__)
+SYNC_THREADS = 8  # parallel uploads/downloads of work-dir files
+HISTORY_LENGTH = 50  # slices kept in a record's history
+
+
+# --- work tokens ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class WorkToken:
+    job_id: str
+    seq: int
+
+    def encode(self) -> bytes:
+        return json.dumps({"job_id": self.job_id, "seq": self.seq}).encode()
+
+    @classmethod
+    def decode(cls, data: bytes | str) -> WorkToken:
+        raw = json.loads(data)
+        if not isinstance(raw, dict) or not isinstance(raw.get("job_id"), str):
+            raise ValueError("a work token is {job_id, seq}")
+        seq = raw.get("seq")
+        if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
+            raise ValueError("a work token's seq is a non-negative integer")
+        return cls(raw["job_id"], seq)
+
+
+def read_work_delivery(body: bytes) -> WorkToken | str:
+    """A push delivery of a work token (wrapped envelope or the raw token) → the token, or why not."""
+    try:
+        raw = json.loads(body or b"null")
+        if isinstance(raw, dict) and isinstance(raw.get("message"), dict):
+            data = base64.b64decode(raw["message"].get("data") or "", validate=True)
+            return WorkToken.decode(data)
+        return WorkToken.decode(body)
+    except (ValueError, binascii.Error, UnicodeDecodeError) as err:
+        return f"not a work token: {err}"
+
+
+class WorkQueue:
+    """Publishes tokens to the work topic."""
+
+    def __init__(self, publisher: Publisher, topic: str) -> None:
+        self.publisher = publisher
+        self.topic = topic
+
+    def publish(self, token: WorkToken) -> str:
+        return self.publisher.publish(
+            self.topic, token.encode(), {"job_id": token.job_id, "seq": str(token.seq)}
+        )
+
+
+# --- the work dir, mirrored to the state bucket ---------------------------------------------------
+class WorkdirMirror:
+    """Keeps a local work dir and `<job prefix>/work/` equal, moving only what changed.
+
+    `sync.json` beside the work dir remembers each file's (size, mtime) and the generation it was
+    uploaded as, so a sync uploads only new or rewritten files and a restore downloads only files
+    another instance changed. After `restore` the local dir equals the remote one exactly: files a
+    crashed slice left behind without uploading are removed, so they cannot mix with newer state.
+    """
+
+    def __init__(self, store: ObjectStore, remote_prefix: str, local_dir: Path) -> None:
+        self.store = store
+        self.remote_prefix = remote_prefix.rstrip("/") + "/"
+        self.local_dir = local_dir
+        self.state_path = local_dir.parent / "sync.json"
+
+    def restore(self) -> int:
+        """Brings the local dir to the remote state; returns the number of files downloaded."""
+        state = self._load_state()
+        remote = {info.uri[len(self.remote_prefix) :]: info for info in self.store.list(self.remote_prefix)}
+        for rel in set(self._local_files()) - set(remote):
+            (self.local_dir / rel).unlink()
+            state.pop(rel, None)
+        wanted = []
+        for rel, info in remote.items():
+            path = self.local_dir / rel
+            known = state.get(rel)
+            if known and known["generation"] == info.generation and _matches(path, known):
+                continue
+            wanted.append((rel, info))
+
+        def fetch(item: tuple[str, ObjectInfo]) -> tuple[str, dict[str, int]]:
+            rel, info = item
+            path = self.local_dir / rel
+            got = self.store.download_file(info.uri, path)
+            return rel, _entry(path, got.generation)
+
+        with ThreadPoolExecutor(SYNC_THREADS) as pool:
+            state.update(dict(pool.map(fetch, wanted)))
+        for rel in set(state) - set(remote):
+            state.pop(rel)
+        self._save_state(state)
+        return len(wanted)
+
+    def sync(self) -> int:
+        """Uploads new and changed files, deletes remote files removed locally; returns files uploaded."""
+        state = self._load_state()
+        local = self._local_files()
+        changed = [rel for rel in local if not (rel in state and _matches(self.local_dir / rel, state[rel]))]
+
+        def push(rel: str) -> tuple[str, dict[str, int]]:
+            path = self.local_dir / rel
+            before = _entry(path, 0)
+            generation = self.store.upload_file(path, self.remote_prefix + rel)
+            return rel, {**before, "generation": generation}
+
+        with ThreadPoolExecutor(SYNC_THREADS) as pool:
+            state.update(dict(pool.map(push, changed)))
+        for rel in set(state) - set(local):
+            self.store.delete(self.remote_prefix + rel)
+            state.pop(rel)
+        self._save_state(state)
+        return len(changed)
+
+    def _local_files(self) -> list[str]:
+        if not self.local_dir.exists():
+            return []
+        return sorted(
+            p.relative_to(self.local_dir).as_posix()
+            for p in self.local_dir.rglob("*")
+            if p.is_file() and not _is_temporary(p)
+        )
+
+    def _load_state(self) -> dict[str, dict[str, int]]:
+        if not self.state_path.exists():
+            return {}
+        return json.loads(self.state_path.read_text())
+
+    def _save_state(self, state: dict[str, dict[str, int]]) -> None:
+        from rvc_core.atomic import write_json
+
+        write_json(self.state_path, state)
+
+
+def _is_temporary(path: Path) -> bool:
+    # rvc_core.atomic's temporaries (`.<name>.<random>.tmp`): a crash mid-write can leave one behind.
+    return path.name.startswith(".") and path.name.endswith(".tmp")
+
+
+def _entry(path: Path, generation: int) -> dict[str, int]:
+    st = path.stat()
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "generation": generation}
+
+
+def _matches(path: Path, known: Mapping[str, int]) -> bool:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return False
+    return st.st_size == known["size"] and st.st_mtime_ns == known["mtime_ns"]
+
+
+# --- the lease, renewed while a slice runs --------------------------------------------------------
+class LeaseKeeper:
+    """Renews the job's lease every third of its life, carrying the latest progress into the record.
+
+    If a renewal finds the lease gone (it expired and another owner took the job), `lost` is set and
+    the slice stops at its next clean point without advancing the job.
+    """
+
+    def __init__(
+        self, records: JobRecords, job_id: str, owner: str, ttl: float, clock: Callable[[], float]
+    ) -> None:
+        self.records = records
+        self.job_id = job_id
+        self.owner = owner
+        self.ttl = ttl
+        self.clock = clock
+        self.lost = threading.Event()
+        self._done = threading.Event()
+        self._progress: dict[str, Any] | None = None
+        self._stage: str | None = None
+        self._thread = threading.Thread(target=self._run, name=f"lease-{job_id}", daemon=True)
+
+    def __enter__(self) -> LeaseKeeper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join(timeout=self.ttl)
+
+    def note_progress(self, stage: str, progress: dict[str, Any]) -> None:
+        self._stage, self._progress = stage, progress
+
+    def _run(self) -> None:
+        while not self._done.wait(self.ttl / 3):
+            try:
+                self.renew()
+            except Exception as err:  # a failed renewal is retried at the next beat; expiry decides
+                log(logger, logging.WARNING, "lease renewal failed", job_id=self.job_id, error=repr(err))
+
+    def renew(self) -> None:
+        stage, progress = self._stage, self._progress
+
+        def extend(r: JobRecord) -> bool:
+            if r.lease is None or r.lease.owner != self.owner:
+                self.lost.set()
+                return False
+            r.lease = Lease(self.owner, self.clock() + self.ttl)
+            if progress is not None:
+                r.stage, r.progress = stage or r.stage, progress
+            return True
+
+        self.records.update(self.job_id, extend)
+
+
+# --- the trainer and the slice --------------------------------------------------------------------
+class Trainer(Protocol):
+    """`rvc_core.job.run_job`'s signature."""
+
+    def __call__(
+        self,
+        dataset_zip: Path,
+        workdir: Path,
+        outdir: Path,
+        spec: Any,
+        env: Any,
+        *,
+        deadline: float | None = None,
+        should_stop: Callable[[], bool] | None = None,
+        progress: Callable[[ProgressEvent], None] | None = None,
+    ) -> Any: ...
+
+
+def default_trainer() -> Trainer:
+    from rvc_core.job import run_job
+
+    return run_job
+
+
+Outcome = Literal[
+    "advanced",
+    "finished",
+    "failed",
+    "superseded",
+    "stale",
+    "unknown_job",
+    "malformed",
+    "busy",
+    "ahead",
+    "retry",
+    "lease_lost",
+    "shutting_down",
+]
+# Pub/Sub redelivers anything but 102/200/201/202/204: 429 and 503 mean "later", with backoff.
+HTTP_STATUS: dict[Outcome, int] = {
+    "advanced": 200,
+    "finished": 200,
+    "failed": 200,
+    "superseded": 200,
+    "stale": 200,
+    "unknown_job": 200,
+    "malformed": 200,
+    "lease_lost": 200,
+    "busy": 429,
+    "ahead": 429,
+    "retry": 503,
+    "shutting_down": 503,
+}
+
+
+@dataclass(frozen=True)
+class SliceAnswer:
+    outcome: Outcome
+    detail: str = ""
+    job_id: str | None = None
+    seq: int | None = None
+
+    @property
+    def http_status(self) -> int:
+        return HTTP_STATUS[self.outcome]
+
+    def as_json(self) -> dict[str, Any]:
+        return {"outcome": self.outcome, "detail": self.detail, "job_id": self.job_id, "seq": self.seq}
+
+
+@dataclass
+class SliceDeps:
+    settings: Settings
+    records: JobRecords
+    results: Results
+    work: WorkQueue
+    store_for: Callable[[str], ObjectStore]  # the store serving a URI
+    owner: str  # this instance and process
+    trainer: Trainer
+    stop: threading.Event = field(default_factory=threading.Event)  # set on SIGTERM
+    clock: Callable[[], float] = time.time
+    monotonic: Callable[[], float] = time.monotonic
+
+
+class _Superseded(Exception):
+    def __init__(self, message: str, newer_job: str | None) -> None:
+        super().__init__(message)
+        self.newer_job = newer_job
+
+
+@dataclass
+class _Slice:
+    """One slice in progress: its token, the record as leased, and where it started."""
+
+    token: WorkToken
+    record: JobRecord
+    started_at: float  # seconds since the epoch
+    epoch_from: int  # the epoch of the last persisted checkpoint
+    deadline: float  # time.monotonic() value
+
+    @property
+    def job_id(self) -> str:
+        return self.token.job_id
+
+    def answer(self, outcome: Outcome, detail: str = "") -> SliceAnswer:
+        return SliceAnswer(outcome, detail, self.token.job_id, self.token.seq)
+
+    def note(self, r: JobRecord, outcome: str, ended_at: float, epoch_to: int | None = None) -> None:
+        """Appends this slice to the record's history (kept short): who ran it, when, how far."""
+        entry = {
+            "seq": self.token.seq, "owner": r.lease.owner if r.lease else None, "outcome": outcome,
+            "started_at": self.started_at, "ended_at": ended_at, "epoch_from": self.epoch_from,
+            "epoch_to": self.epoch_from if epoch_to is None else epoch_to,
+        }  # fmt: skip
+        r.history = [*r.history, entry][-HISTORY_LENGTH:]
+
+
+class SliceRunner:
+    """Runs slices, one at a time per process (a second concurrent token is answered "busy")."""
+
+    def __init__(self, deps: SliceDeps) -> None:
+        self.deps = deps
+        self._busy = threading.Lock()
+
+    def run(self, token: WorkToken) -> SliceAnswer:
+        received = self.deps.monotonic()
+        if self.deps.stop.is_set():
+            return SliceAnswer("shutting_down", "the instance is stopping", token.job_id, token.seq)
+        if not self._busy.acquire(blocking=False):
+            return SliceAnswer("busy", "this instance is running another slice", token.job_id, token.seq)
+        try:
+            answer = self._run(token, deadline=received + self.deps.settings.slice_seconds)
+        finally:
+            self._busy.release()
+        log(logger, logging.INFO, f"slice {answer.outcome}", owner=self.deps.owner, **answer.as_json())
+        return answer
+
+    # The slice, step by step. Each helper returns the answer when the slice ends there.
+    def _run(self, token: WorkToken, *, deadline: float) -> SliceAnswer:
+        d = self.deps
+        record = d.records.get(token.job_id)
+        if record is None:
+            return SliceAnswer("unknown_job", "no record for this job", token.job_id, token.seq)
+        if record.is_final:
+            publish_once(d.results, d.records, record, final_kind(record))  # a crash may have cut it
+            return SliceAnswer("stale", f"job already {record.status}", token.job_id, token.seq)
+        decision, record = self._take_lease(token)
+        if decision != "taken":
+            return SliceAnswer(decision, _DECISION_DETAIL[decision], token.job_id, token.seq)
+        s = _Slice(token, record, d.clock(), int(record.progress.get("epoch") or 0), deadline)
+        log(logger, logging.INFO, "slice started", job_id=s.job_id, seq=token.seq, owner=d.owner)
+        if record.consecutive_failures >= d.settings.max_consecutive_failures:
+            return self._fail(
+                s, record.error or _error(record.stage, "slice_failed", "too many failures", True)
+            )
+        newer = self._newer_upload(record)
+        if newer is not None:
+            return self._supersede(
+                s, f"a newer upload of {record.model_name} (job {newer}) replaced it", newer
+            )
+        try:
+            with LeaseKeeper(d.records, s.job_id, d.owner, d.settings.lease_seconds, d.clock) as keeper:
+                return self._train(s, keeper)
+        except _Superseded as sup:
+            return self._supersede(s, str(sup), sup.newer_job)
+        except RvcError as err:
+            if err.retryable:
+                return self._count_failure(s, _error_of(err, record.stage))
+            return self._fail(s, _error_of(err, record.stage), dataset_report=self._report(s.job_id))
+        except Exception as err:  # a bug or the machine (out of memory, a dead GPU): retried, counted
+            logger.exception("slice crashed", extra={"fields": {"job_id": s.job_id, "seq": token.seq}})
+            return self._count_failure(s, _error(record.stage, "slice_failed", repr(err), True))
+
+    def _train(self, s: _Slice, keeper: LeaseKeeper) -> SliceAnswer:
+        d = self.deps
+        local = Path(d.settings.work_root) / s.job_id
+        workdir, outdir = local / "work", local / "out"
+        dataset = self._dataset(s.record, local / "dataset.zip")
+        state_store = d.store_for(d.records.state_url)
+        mirror = WorkdirMirror(state_store, f"{d.records.job_prefix(s.job_id)}/work", workdir)
+        mirror.restore()
+        shutil.rmtree(outdir, ignore_errors=True)
+        reporter = ProgressReporter(d.results, s.record, keeper, d.settings.progress_every_epochs)
+        from rvc_core.job import JobEnvironment
+
+        environment = JobEnvironment(
+            assets=d.settings.rvc_assets,
+            pretrained=d.settings.rvc_pretrained,
+            device=d.settings.resolved_device(),
+        )
+        progress = d.trainer(
+            dataset, workdir, outdir, _job_spec(s.record), environment, deadline=s.deadline,
+            should_stop=lambda: d.stop.is_set() or keeper.lost.is_set(), progress=reporter,
+        )  # fmt: skip
+        if keeper.lost.is_set():
+            return s.answer("lease_lost", "another owner took the job over")
+        if progress.status == "finished":
+            artifacts = publish_artifacts(d.store_for, d.settings.models_url, s.record, progress.artifacts)
+            return self._succeed(s, progress, artifacts)
+        mirror.sync()
+        return self._advance(s, progress)
+
+    def _dataset(self, record: JobRecord, path: Path) -> Path:
+        """The upload, downloaded once per instance; a different generation means a newer upload."""
+        if path.exists():
+            return path
+        # A deleted upload raises NotFound: a permanent failure of this job.
+        info = self.deps.store_for(record.source.uri).download_file(record.source.uri, path)
+        if info.generation != record.source.generation:
+            path.unlink(missing_ok=True)
+            newer = job_id_for(f"{record.source.bucket}/{record.source.name}#{info.generation}")
+            raise _Superseded(f"the upload was replaced by generation {info.generation}", newer)
+        return path
+
+    def _newer_upload(self, record: JobRecord) -> str | None:
+        newest = self.deps.records.newest(record.model_name)
+        if newest is None or newest["job_id"] == record.job_id:
+            return None
+        if (int(newest["generation"]), newest["job_id"]) > (record.source.generation, record.job_id):
+            return str(newest["job_id"])
+        return None
+
+    def _take_lease(self, token: WorkToken) -> tuple[Outcome | Literal["taken"], JobRecord]:
+        d = self.deps
+        decision: list[Outcome | Literal["taken"]] = ["stale"]
+
+        def take(r: JobRecord) -> bool:
+            now = d.clock()
+            if r.is_final or token.seq < r.seq:
+                decision[0] = "stale"
+                return False
+            if token.seq > r.seq:
+                decision[0] = "ahead"
+                return False
+            if r.lease and r.lease.owner != d.owner and r.lease.expires_at > now:
+                decision[0] = "busy"
+                return False
+            if r.lease:  # expired, or ours from a slice that never released it: that slice died
+                r.consecutive_failures += 1
+                r.error = _error(r.stage, "slice_lost", f"slice {r.seq} stopped without finishing", True)
+            r.lease = Lease(d.owner, now + d.settings.lease_seconds)
+            r.status = "running"
+            decision[0] = "taken"
+            return True
+
+        record = d.records.update(token.job_id, take)
+        return decision[0], record
+
+    def _advance(self, s: _Slice, progress: Any) -> SliceAnswer:
+        d = self.deps
+        # The next token goes out first: if this process dies now, this token is redelivered and the
+        # slice re-runs; the other order could lose the job (record advanced, no token in flight).
+        d.work.publish(WorkToken(s.job_id, s.token.seq + 1))
+        advanced = [False]
+
+        def advance(r: JobRecord) -> bool:
+            if r.lease is None or r.lease.owner != d.owner or r.seq != s.token.seq:
+                return False
+            s.note(r, "advanced", d.clock(), progress.epoch)
+            r.seq += 1
+            r.lease = None
+            r.slices += 1
+            r.consecutive_failures = 0
+            r.error = None
+            r.stage = progress.stage
+            r.progress = _progress_of(progress)
+            r.dataset_report = progress.dataset_report or r.dataset_report
+            advanced[0] = True
+            return True
+
+        d.records.update(s.job_id, advance)
+        if not advanced[0]:
+            return s.answer("lease_lost", "the lease was taken over before the job advanced")
+        return s.answer("advanced", f"next token {s.token.seq + 1}")
+
+    def _succeed(self, s: _Slice, progress: Any, artifacts: dict[str, str]) -> SliceAnswer:
+        def finish(r: JobRecord) -> None:
+            s.note(r, "finished", self.deps.clock(), progress.epoch)
+            r.slices += 1
+            r.artifacts = artifacts
+            r.metrics = dict(progress.metrics)
+            r.dataset_report = progress.dataset_report or r.dataset_report
+            r.progress = _progress_of(progress)
+            r.stage = "done"
+            r.error = None
+
+        final = self._finalise(s.job_id, "succeeded", finish)
+        return s.answer("finished", f"job {final.status}")
+
+    def _fail(
+        self, s: _Slice, error: dict[str, Any], *, dataset_report: dict[str, Any] | None = None
+    ) -> SliceAnswer:
+        def fail(r: JobRecord) -> None:
+            s.note(r, "failed", self.deps.clock())
+            r.error = error
+            r.dataset_report = dataset_report or r.dataset_report
+
+        self._finalise(s.job_id, "failed", fail)
+        return s.answer("failed", f"{error['code']}: {error['message']}")
+
+    def _supersede(self, s: _Slice, message: str, newer_job: str | None) -> SliceAnswer:
+        def supersede(r: JobRecord) -> None:
+            s.note(r, "superseded", self.deps.clock())
+            r.error = _error(r.stage, "superseded", message, False)
+            r.superseded_by = newer_job
+
+        self._finalise(s.job_id, "superseded", supersede)
+        return s.answer("superseded", message)
+
+    def _finalise(self, job_id: str, status: str, change: Callable[[JobRecord], None]) -> JobRecord:
+        """Moves the job to a final status (once), publishes its one final result, drops its work files."""
+        d = self.deps
+
+        def apply(r: JobRecord) -> bool:
+            if r.is_final:
+                return False
+            change(r)
+            r.status = status  # type: ignore[assignment]
+            r.lease = None
+            return True
+
+        record = d.records.update(job_id, apply)
+        record = publish_once(d.results, d.records, record, final_kind(record))
+        self._forget_work(job_id)
+        return record
+
+    def _count_failure(self, s: _Slice, error: dict[str, Any]) -> SliceAnswer:
+        d = self.deps
+        counted = [0]
+
+        def count(r: JobRecord) -> bool:
+            if r.lease is None or r.lease.owner != d.owner or r.seq != s.token.seq:
+                return False
+            s.note(r, f"error: {error['code']}", d.clock())
+            r.lease = None
+            r.consecutive_failures += 1
+            r.error = error
+            counted[0] = r.consecutive_failures
+            return True
+
+        d.records.update(s.job_id, count)
+        limit = d.settings.max_consecutive_failures
+        if counted[0] >= limit:
+            return self._fail(s, error)
+        return s.answer("retry", f"{error['code']}: {error['message']} (failure {counted[0]} of {limit})")
+
+    def _report(self, job_id: str) -> dict[str, Any] | None:
+        """The dataset report rvc_core writes even when it rejects a dataset."""
+        path = Path(self.deps.settings.work_root) / job_id / "work" / "report.json"
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+
+    def _forget_work(self, job_id: str) -> None:
+        """Stage outputs and checkpoints are no use once a job is final; the record stays."""
+        d = self.deps
+        shutil.rmtree(Path(d.settings.work_root) / job_id, ignore_errors=True)
+        try:
+            store = d.store_for(d.records.state_url)
+            for info in store.list(f"{d.records.job_prefix(job_id)}/work/"):
+                store.delete(info.uri)
+        except Exception as err:  # leftovers cost storage, not correctness
+            log(
+                logger,
+                logging.WARNING,
+                "could not remove a finished job's work files",
+                job_id=job_id,
+                error=repr(err),
+            )
+
+
+_DECISION_DETAIL: dict[str, str] = {
+    "stale": "token behind the job's sequence",
+    "ahead": "token ahead of the job's sequence; its predecessor has not advanced the record yet",
+    "busy": "another live owner holds the job's lease",
+}
+
+
+# --- progress -------------------------------------------------------------------------------------
+class ProgressReporter:
+    """rvc_core's progress callback: publishes `progress` results at each new stage and every N epochs,
+    and hands the latest numbers to the lease keeper so `GET /jobs/<id>` shows them."""
+
+    def __init__(self, results: Results, record: JobRecord, keeper: LeaseKeeper, every_epochs: int) -> None:
+        self.results = results
+        self.record = record
+        self.keeper = keeper
+        self.every_epochs = every_epochs
+        self._last: tuple[str, int | None] | None = None
+
+    def __call__(self, event: ProgressEvent) -> None:
+        snapshot = {
+            "stage": event.stage,
+            "epoch": event.epoch,
+            "epochs": event.epochs,
+            "step": event.step,
+            "losses": dict(event.losses),
+            "eta_seconds": event.eta_seconds,
+            "message": event.message,
+        }
+        self.keeper.note_progress(event.stage, snapshot)
+        if not self._worth_publishing(event):
+            return
+        self._last = (event.stage, event.epoch)
+        self.record.stage = event.stage
+        self.record.progress = snapshot
+        try:
+            self.results.publish("progress", self.record, extra_id=f"{event.stage}.{event.epoch or 0}")
+        except Exception as err:  # progress is informative; a failed publish must not stop training
+            log(
+                logger, logging.WARNING, "progress publish failed", job_id=self.record.job_id, error=repr(err)
+            )
+
+    def _worth_publishing(self, event: ProgressEvent) -> bool:
+        if self._last is None or self._last[0] != event.stage:
+            return True
+        if event.epoch is None or event.epoch == self._last[1]:
+            return False
+        return event.epoch % self.every_epochs == 0 or event.epoch == event.epochs
+
+
+# --- artifacts ------------------------------------------------------------------------------------
+def publish_artifacts(
+    store_for: Callable[[str], ObjectStore], models_url: str, record: JobRecord, files: Mapping[str, Path]
+) -> dict[str, str]:
+    """Uploads the model files to `MODELS/<model>/<job_id>/`, points `MODELS/<model>/latest.json` at
+    them unless a newer upload already succeeded, and writes the `/train` caller's `output_url`."""
+    base = f"{models_url}/{record.model_name}/{record.job_id}"
+    store = store_for(models_url)
+    uris: dict[str, str] = {}
+    for kind, path in sorted(files.items()):
+        uri = f"{base}/{Path(path).name}"
+        store.upload_file(Path(path), uri, content_type=_CONTENT_TYPES.get(Path(path).suffix))
+        uris[kind] = uri
+    _point_latest(store, f"{models_url}/{record.model_name}/latest.json", record, uris)
+    if record.output_url:
+        uris.update(_copy_to_output(store_for(record.output_url), record.output_url, files))
+    return uris
+
+
+_CONTENT_TYPES: dict[str, str] = {
+    ".zip": "application/zip",
+    ".json": "application/json",
+    ".wav": "audio/wav",
+    ".png": "image/png",
+    ".pth": "application/octet-stream",
+    ".index": "application/octet-stream",
+}
+
+
+def _point_latest(store: ObjectStore, uri: str, record: JobRecord, artifacts: dict[str, str]) -> None:
+    payload = json.dumps(
+        {
+            "job_id": record.job_id,
+            "generation": record.source.generation,
+            "source": record.source.uri,
+            "artifacts": artifacts,
+        },
+        indent=2,
+        sort_keys=True,
+    ).encode()
+    from consumer.errors import PreconditionFailed
+
+    for _ in range(10):
+        try:
+            data, generation = store.read_bytes(uri)
+            current = json.loads(data)
+            if (int(current.get("generation", 0)), current.get("job_id", "")) > (
+                record.source.generation,
+                record.job_id,
+            ):
+                return
+        except NotFound:
+            generation = 0
+        try:
+            store.write_bytes(uri, payload, if_generation_match=generation, content_type="application/json")
+            return
+        except PreconditionFailed:
+            continue
+
+
+def _copy_to_output(store: ObjectStore, output_url: str, files: Mapping[str, Path]) -> dict[str, str]:
+    """`…/name.zip` receives the model zip; any other URL is a folder receiving every file."""
+    if output_url.lower().endswith(".zip"):
+        if "zip" not in files:
+            return {}
+        store.upload_file(Path(files["zip"]), output_url, content_type="application/zip")
+        return {"output": output_url}
+    folder = output_url.rstrip("/")
+    for path in files.values():
+        store.upload_file(
+            Path(path), f"{folder}/{Path(path).name}", content_type=_CONTENT_TYPES.get(Path(path).suffix)
+        )
+    return {"output": folder + "/"}
+
+
+# --- small helpers ----------------------------------------------------------------------------------
+def _job_spec(record: JobRecord) -> Any:
+    from rvc_core.job import JobSpec
+
+    return JobSpec(**record.spec)
+
+
+def _progress_of(progress: Any) -> dict[str, Any]:
+    return {
+        "stage": progress.stage,
+        "epoch": progress.epoch,
+        "epochs": progress.epochs,
+        "step": progress.step,
+        "losses": dict(progress.losses),
+        "eta_seconds": progress.eta_seconds,
+    }
+
+
+def _error(stage: str | None, code: str, message: str, retryable: bool) -> dict[str, Any]:
+    return {"stage": stage, "code": code, "message": message, "retryable": retryable}
+
+
+def _error_of(err: RvcError, stage: str | None) -> dict[str, Any]:
+    return _error(err.stage or stage, err.code, err.message, err.retryable)

@@ -1,0 +1,260 @@
+"""`file://` objects with Cloud Storage's semantics: generations and compare-and-swap writes.
+
+- The generation is the data file's `st_mtime_ns`. The store sets it explicitly on every write
+  (strictly increasing per object), so two writes in the same clock tick still differ; a file
+  dropped in by another program gets its own mtime as a generation.
+- A write happens under an exclusive `fcntl.flock` on a per-object lock file: check the expected
+  generation, write a temporary file beside the target, then `os.replace` it in one step. Readers
+  take no lock: they open the file and `fstat` the open descriptor, so data and generation always
+  come from one version. Safe across threads and processes on one machine (not over NFS).
+- Content type and custom metadata live in a sidecar keyed by generation, written before the data
+  is swapped in and keeping the previous entry, so a reader never sees one version's data with
+  another's metadata.
+Bookkeeping files are named `.objstore-<name>.*` beside each object and never listed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import mimetypes
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, BinaryIO
+from urllib.parse import quote, unquote, urlsplit
+
+from consumer.errors import NotFound, PreconditionFailed
+from consumer.storage import ObjectInfo
+
+RESERVED_PREFIX = ".objstore-"
+
+
+def path_from_uri(uri: str) -> Path:
+    parts = urlsplit(uri)
+    if parts.scheme != "file" or parts.netloc not in ("", "localhost"):
+        raise ValueError(f"not a local file:// URI: {uri!r}")
+    path = Path(unquote(parts.path))
+    if not path.is_absolute():
+        raise ValueError(f"file:// URI must hold an absolute path: {uri!r}")
+    return path
+
+
+def uri_from_path(path: Path) -> str:
+    return "file://" + quote(str(path))
+
+
+class LocalStore:
+    def __init__(self, root: Path | None = None) -> None:
+        self.root = Path(root) if root is not None else None
+
+    # --- paths and bookkeeping --------------------------------------------------------------------
+    def _object_path(self, uri: str) -> Path:
+        path = path_from_uri(uri)
+        if any(part.startswith(RESERVED_PREFIX) for part in path.parts):
+            raise ValueError(f"object names may not start with {RESERVED_PREFIX!r}: {uri!r}")
+        if uri.endswith("/"):
+            raise ValueError(f"an object URI cannot end with '/': {uri!r}")
+        return path
+
+    @staticmethod
+    def _sidecar(path: Path) -> Path:
+        return path.with_name(f"{RESERVED_PREFIX}{path.name}.meta.json")
+
+    @staticmethod
+    def _lock_file(path: Path) -> Path:
+        return path.with_name(f"{RESERVED_PREFIX}{path.name}.lock")
+
+    @contextlib.contextmanager
+    def _locked(self, path: Path) -> Iterator[None]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self._lock_file(path), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing the descriptor releases the lock
+
+    def _bucket_and_name(self, path: Path) -> tuple[str, str]:
+        if self.root is not None and path.is_relative_to(self.root) and path != self.root:
+            return str(self.root), path.relative_to(self.root).as_posix()
+        return str(path.parent), path.name
+
+    def _entries(self, path: Path) -> list[dict[str, Any]]:
+        try:
+            return json.loads(self._sidecar(path).read_text())["entries"]
+        except (FileNotFoundError, ValueError, KeyError):
+            return []
+
+    def _info(self, path: Path, st: os.stat_result) -> ObjectInfo:
+        generation = st.st_mtime_ns
+        entry = next((e for e in self._entries(path) if e.get("generation") == generation), None)
+        bucket, name = self._bucket_and_name(path)
+        if entry is None:  # written by another program: no metadata, a guessed type (as gcloud would)
+            metadata, content_type = {}, mimetypes.guess_type(path.name)[0]
+        else:
+            metadata, content_type = dict(entry.get("metadata") or {}), entry.get("content_type")
+        return ObjectInfo(
+            uri=uri_from_path(path),
+            bucket=bucket,
+            name=name,
+            generation=generation,
+            size=st.st_size,
+            metadata=metadata,
+            content_type=content_type,
+        )
+
+    @staticmethod
+    def _current_generation(path: Path) -> int | None:
+        try:
+            return os.stat(path).st_mtime_ns
+        except FileNotFoundError:
+            return None
+
+    def _write(
+        self,
+        uri: str,
+        fill: Callable[[BinaryIO], None],
+        *,
+        if_generation_match: int | None,
+        content_type: str | None,
+        metadata: dict[str, str] | None,
+    ) -> int:
+        path = self._object_path(uri)
+        with self._locked(path):
+            current = self._current_generation(path)
+            if if_generation_match is not None and (current or 0) != if_generation_match:
+                raise PreconditionFailed(
+                    f"{uri} is at generation {current or 0}, expected {if_generation_match}"
+                )
+            generation = max(time.time_ns(), (current or 0) + 1)
+            fd, tmp_name = tempfile.mkstemp(
+                prefix=f"{RESERVED_PREFIX}{path.name}.", suffix=".tmp", dir=path.parent
+            )
+            try:
+                with os.fdopen(fd, "wb") as fh:
+                    fill(fh)
+                os.utime(tmp_name, ns=(generation, generation))
+                generation = os.stat(tmp_name).st_mtime_ns  # what the filesystem kept is what readers see
+                if generation == current:
+                    raise OSError(f"{path.parent} keeps too coarse timestamps for object generations")
+                previous = [e for e in self._entries(path) if e.get("generation") == current]
+                entry = {
+                    "generation": generation,
+                    "content_type": content_type,
+                    "metadata": dict(metadata or {}),
+                }
+                self._write_sidecar(path, [*previous, entry])
+                os.replace(tmp_name, path)
+            finally:
+                if os.path.exists(tmp_name):
+                    os.unlink(tmp_name)
+            return generation
+
+    def _write_sidecar(self, path: Path, entries: list[dict[str, Any]]) -> None:
+        sidecar = self._sidecar(path)
+        fd, tmp_name = tempfile.mkstemp(prefix=sidecar.name + ".", suffix=".tmp", dir=path.parent)
+        with os.fdopen(fd, "w") as fh:
+            json.dump({"entries": entries}, fh)
+        os.replace(tmp_name, sidecar)
+
+    # --- the ObjectStore protocol ----------------------------------------------------------------
+    def stat(self, uri: str) -> ObjectInfo | None:
+        path = self._object_path(uri)
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return None
+        return None if not path.is_file() else self._info(path, st)
+
+    def read_bytes(self, uri: str) -> tuple[bytes, int]:
+        path = self._object_path(uri)
+        try:
+            with open(path, "rb") as fh:
+                generation = os.fstat(fh.fileno()).st_mtime_ns
+                return fh.read(), generation
+        except (FileNotFoundError, IsADirectoryError) as exc:
+            raise NotFound(f"{uri} does not exist") from exc
+
+    def write_bytes(
+        self,
+        uri: str,
+        data: bytes,
+        *,
+        if_generation_match: int | None = None,
+        content_type: str | None = None,
+        metadata: dict[str, str] | None = None,
+    ) -> int:
+        return self._write(
+            uri,
+            lambda fh: fh.write(data),
+            if_generation_match=if_generation_match,
+            content_type=content_type,
+            metadata=metadata,
+        )
+
+    def upload_file(
+        self,
+        path: Path,
+        uri: str,
+        *,
+        content_type: str | None = None,
+        if_generation_match: int | None = None,
+        metadata: dict[str, str] | None = None,
+    ) -> int:
+        def fill(fh: BinaryIO) -> None:
+            with open(path, "rb") as src:
+                shutil.copyfileobj(src, fh, 1 << 20)
+
+        return self._write(
+            uri,
+            fill,
+            if_generation_match=if_generation_match,
+            content_type=content_type or mimetypes.guess_type(Path(path).name)[0],
+            metadata=metadata,
+        )
+
+    def download_file(self, uri: str, path: Path) -> ObjectInfo:
+        src_path = self._object_path(uri)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            src = open(src_path, "rb")  # noqa: SIM115 (closed by the `with` below; only open() may raise NotFound)
+        except (FileNotFoundError, IsADirectoryError) as exc:
+            raise NotFound(f"{uri} does not exist") from exc
+        with src:
+            info = self._info(src_path, os.fstat(src.fileno()))
+            fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+            try:
+                with os.fdopen(fd, "wb") as dst:
+                    shutil.copyfileobj(src, dst, 1 << 20)
+                os.replace(tmp_name, path)
+            finally:
+                if os.path.exists(tmp_name):
+                    os.unlink(tmp_name)
+        return info
+
+    def list(self, prefix_uri: str) -> list[ObjectInfo]:
+        prefix = str(path_from_uri(prefix_uri)) + ("/" if prefix_uri.endswith("/") else "")
+        top = Path(prefix) if prefix.endswith("/") else Path(prefix).parent
+        found: list[ObjectInfo] = []
+        for folder, dirs, files in os.walk(top):
+            dirs[:] = sorted(d for d in dirs if not d.startswith(RESERVED_PREFIX))
+            for name in files:
+                path = Path(folder) / name
+                if name.startswith(RESERVED_PREFIX) or not str(path).startswith(prefix):
+                    continue
+                with contextlib.suppress(FileNotFoundError):  # deleted while we walked
+                    found.append(self._info(path, os.stat(path)))
+        return sorted(found, key=lambda info: info.uri)
+
+    def delete(self, uri: str) -> None:
+        path = self._object_path(uri)
+        with self._locked(path):
+            for victim in (path, self._sidecar(path)):
+                with contextlib.suppress(FileNotFoundError):
+                    victim.unlink()

@@ -1,0 +1,160 @@
+"""Mixed precision and the non-finite-loss guard, both without host syncs.
+
+- bf16 autocast on CUDA GPUs that support it, fp16 autocast with dynamic loss scaling on older
+  CUDA GPUs, fp32 on CPU. Losses are always computed in fp32 by the caller.
+- An optimiser step is skipped on the device: the fused AdamW kernels take a `found_inf` tensor
+  (the protocol `torch.amp.GradScaler` uses) and leave parameters, moments and step count untouched
+  when it is set. So a non-finite loss costs no host sync; the loop reads the skip counters once
+  per logging interval (the lazy check, see `loop.py`).
+- fp16 scaling is done here rather than by `GradScaler`, so that a non-finite *loss* skips the step
+  without shrinking the scale (only gradient overflow with a finite loss does), and so the scaler
+  never reads a value back to the host.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+# torch.amp.GradScaler's defaults.
+INITIAL_SCALE = 2.0**16
+GROWTH_FACTOR = 2.0
+BACKOFF_FACTOR = 0.5
+GROWTH_INTERVAL = 2000  # steps without overflow before the scale doubles
+
+
+@dataclass(frozen=True)
+class Precision:
+    name: str  # "bf16" | "fp16" | "fp32"
+    device_type: str  # "cuda" | "cpu"
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        import torch
+
+        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.name)
+
+    def autocast(self) -> Any:
+        """The autocast context of the forward passes (disabled in fp32)."""
+        import torch
+
+        dtype = self.autocast_dtype
+        return torch.autocast(self.device_type, dtype=dtype, enabled=dtype is not None)
+
+
+def choose_precision(device: str) -> Precision:
+    import torch
+
+    if not device.startswith("cuda"):
+        return Precision("fp32", "cpu")
+    if torch.cuda.is_bf16_supported():
+        return Precision("bf16", "cuda")
+    return Precision("fp16", "cuda")
+
+
+class GuardedStepper:
+    """Scales losses (fp16 only) and steps optimisers, skipping on the device when the loss or the
+    gradients are not finite. Counters stay on the device until `read_counters`."""
+
+    def __init__(self, precision: Precision, device: str) -> None:
+        import torch
+
+        self.precision = precision
+        self.device = torch.device(device)
+        self.uses_scale = precision.name == "fp16"
+        self._scale = torch.full((), INITIAL_SCALE if self.uses_scale else 1.0, device=self.device)
+        self._growth_tracker = torch.zeros((), dtype=torch.int32, device=self.device)
+        self._overflow = torch.zeros(
+            (), device=self.device
+        )  # this step: gradient overflow with a finite loss
+        self.skipped_steps = torch.zeros((), dtype=torch.long, device=self.device)
+        self.consecutive_skips = torch.zeros((), dtype=torch.long, device=self.device)
+        self.worst_consecutive_skips = torch.zeros((), dtype=torch.long, device=self.device)
+        self._step_skipped = torch.zeros((), device=self.device)
+
+    @property
+    def scale(self) -> torch.Tensor:
+        return self._scale
+
+    def scale_loss(self, loss: torch.Tensor) -> torch.Tensor:
+        return loss * self._scale if self.uses_scale else loss
+
+    def step(
+        self, optimizer: torch.optim.Optimizer, params: Sequence[torch.Tensor], loss_ok: torch.Tensor
+    ) -> None:
+        """Unscales the gradients (fp16) and steps `optimizer` unless `loss_ok` is false or a gradient
+        overflowed."""
+        import torch
+
+        skip = (~loss_ok).float()
+        if self.uses_scale:
+            grads = [p.grad for p in params if p.grad is not None]
+            found_inf = torch.zeros((), device=self.device)
+            torch._amp_foreach_non_finite_check_and_unscale_(grads, found_inf, self._scale.reciprocal())
+            self._overflow = torch.maximum(self._overflow, found_inf * loss_ok.float())
+            skip = torch.maximum(skip, found_inf)
+        self._step_skipped = torch.maximum(self._step_skipped, (~loss_ok).float())
+        if getattr(optimizer, "_step_supports_amp_scaling", False):
+            optimizer.found_inf = skip  # type: ignore[attr-defined]
+            optimizer.grad_scale = None  # type: ignore[attr-defined]
+            try:
+                optimizer.step()
+            finally:
+                del optimizer.found_inf, optimizer.grad_scale  # type: ignore[attr-defined]
+        elif not bool(skip):  # an unfused optimiser can only be skipped from the host (one sync)
+            optimizer.step()
+
+    def end_step(self) -> None:
+        """Once per training step, after both optimisers: counts a skipped step, adapts the scale."""
+        import torch
+
+        skipped = self._step_skipped.long()
+        self.skipped_steps += skipped
+        self.consecutive_skips = (self.consecutive_skips + 1) * skipped
+        self.worst_consecutive_skips = torch.maximum(self.worst_consecutive_skips, self.consecutive_skips)
+        self._step_skipped = torch.zeros((), device=self.device)
+        if self.uses_scale:
+            torch._amp_update_scale_(
+                self._scale,
+                self._growth_tracker,
+                self._overflow,
+                GROWTH_FACTOR,
+                BACKOFF_FACTOR,
+                GROWTH_INTERVAL,
+            )
+            self._overflow = torch.zeros((), device=self.device)
+
+    def reset_worst_run(self) -> None:
+        """Starts a new observation window for the longest run of skips (after the loop read it):
+        the run still in progress carries over, so a burst spanning two reads is not missed."""
+        self.worst_consecutive_skips = self.consecutive_skips.clone()
+
+    def abandon_step(self) -> None:
+        """Forgets a step that failed half-way (out of memory) before `end_step`."""
+        import torch
+
+        self._overflow = torch.zeros((), device=self.device)
+        self._step_skipped = torch.zeros((), device=self.device)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "precision": self.precision.name,
+            "scale": self._scale.cpu(),
+            "growth_tracker": self._growth_tracker.cpu(),
+            "skipped_steps": self.skipped_steps.cpu(),
+            "consecutive_skips": self.consecutive_skips.cpu(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        # The loss scale carries over only between runs of the same precision (a run resumed on
+        # another GPU type starts its scale afresh).
+        if state.get("precision") == self.precision.name:
+            self._scale = state["scale"].to(self.device)
+            self._growth_tracker = state["growth_tracker"].to(self.device)
+        self.skipped_steps = state["skipped_steps"].to(self.device)
+        self.consecutive_skips = state["consecutive_skips"].to(self.device)
+        self.worst_consecutive_skips = self.consecutive_skips.clone()

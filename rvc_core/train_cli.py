@@ -1,0 +1,86 @@
+"""`python -m rvc_core train DATASET.zip --out OUTDIR`: the whole job on one machine."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+from rvc_core.errors import RvcError
+from rvc_core.spec import F0_METHODS, SAMPLE_RATES, VERSIONS
+
+
+def add_train_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("dataset", type=Path, help="the voice zip")
+    p.add_argument("--out", type=Path, required=True, help="output folder (model, index, preview, report)")
+    p.add_argument("--work", type=Path, default=None, help="work dir for stages and checkpoints (OUT/work)")
+    p.add_argument("--model-name", default=None, help="[A-Za-z0-9_-]{1,64}; default: the zip's stem")
+    p.add_argument("--epochs", type=int, default=200)
+    p.add_argument("--batch-size", type=int, default=None, help="default: from free GPU memory; 4 on CPU")
+    p.add_argument("--sample-rate", type=int, choices=SAMPLE_RATES, default=40000, help="Hz")
+    p.add_argument("--version", choices=VERSIONS, default="v2")
+    p.add_argument("--f0-method", choices=F0_METHODS, default="rmvpe")
+    p.add_argument("--segment-seconds", type=float, default=3.7)
+    p.add_argument("--pretrained", default=None, help="folder with pretrained_v2/f0G40k.pth …, or 'none'")
+    p.add_argument("--assets", default=None, help="weights folder or 'none'; default $RVC_ASSETS")
+    p.add_argument("--preset", choices=("full", "tiny"), default="full", help="tiny: small widths (CPU)")
+    p.add_argument(
+        "--save-every", type=int, default=None, help="also export <name>_e<epoch>.pth every E epochs"
+    )
+    p.add_argument("--export", choices=("best", "final"), default="best", help="best by validation, or last")
+    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--tensorboard", type=Path, default=None, help="write TensorBoard scalars here")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in the same --work")
+    p.add_argument("--author", default=None, help="shown in Applio's model info")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--workers", type=int, default=None, help="preprocessing processes")
+
+
+def cmd_train(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    from rvc_core.cli import EXIT_REJECTED, resolve_device
+    from rvc_core.job import JobEnvironment, JobSpec, run_job, sanitise_model_name
+
+    work = args.work or args.out / "work"
+    try:
+        if work.exists() and any(work.iterdir()) and not args.resume:
+            from rvc_core.errors import ConfigError
+
+            raise ConfigError(
+                f"{work} already holds a run: pass --resume to continue it, or use another --out"
+            )
+        spec = JobSpec(
+            model_name=args.model_name or sanitise_model_name(args.dataset.stem),
+            epochs=args.epochs,
+            sample_rate=args.sample_rate,
+            version=args.version,
+            f0_method=args.f0_method,
+            segment_seconds=args.segment_seconds,
+            batch_size=args.batch_size,
+            save_every=args.save_every,
+            author=args.author,
+            preset=args.preset,
+            seed=args.seed,
+            export=args.export,
+        )
+        job_env = JobEnvironment(
+            assets=args.assets,
+            pretrained=args.pretrained,
+            device=resolve_device(args.device),
+            workers=args.workers,
+            tensorboard=str(args.tensorboard) if args.tensorboard else None,
+        )
+        result = run_job(args.dataset, work, args.out, spec, job_env, environ=dict(env))
+    except RvcError as err:
+        print(f"error: {err.code}: {err.message}", file=sys.stderr)
+        return EXIT_REJECTED
+    summary = {
+        "status": result.status,
+        "epochs": result.metrics.get("epochs"),
+        "best_epoch": result.metrics.get("best_epoch"),
+        "best_validation_mel": result.metrics.get("best_validation_mel"),
+        "artifacts": {k: str(v) for k, v in result.artifacts.items()},
+    }
+    print(json.dumps(summary, indent=2))
+    return 0

@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# Offline checks of the deploy files: terraform fmt, the HCL wiring assertions, checkov, hadolint,
+# and a shell lint of the scripts. Each tool lives in its own cached virtualenv, created on first use exactly like
+# scripts/venv.sh: ${XDG_CACHE_HOME:-$HOME/.cache}/rvc-trainer/<name>-<hash of requirements-<name>.txt>.
+# checkov and python-hcl2 both install a package called `hcl2` (incompatible versions), hence two.
+#
+# Usage: scripts/infra_checks.sh [all|static|fmt|hcl|checkov|hadolint|shellcheck]...
+#        scripts/infra_checks.sh venv hcl|checkov    print that environment's path (creating it)
+#        scripts/infra_checks.sh hcl-json [DIR]      print DIR/*.tf (default terraform/) parsed, as JSON
+# `all` (the default) runs every check; `static` runs all but `hcl`, whose assertions live in
+# tests/test_terraform.py and so already run wherever pytest runs the whole suite.
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+
+tool_venv() {
+  local name=$1 req="$here/requirements-$1.txt" py=${PYTHON:-python3.11}
+  [ -f "$req" ] || { echo "no such tool environment: $name" >&2; return 2; }
+  command -v "$py" >/dev/null 2>&1 || py=python3
+  local hash root venv
+  hash=$(sha256sum <"$req" | cut -c1-16)
+  root=${RVC_VENV_ROOT:-${XDG_CACHE_HOME:-$HOME/.cache}/rvc-trainer}
+  venv="$root/$name-$hash"
+  if [ ! -f "$venv/.ready" ]; then
+    mkdir -p "$root"
+    # A lock per environment: parallel runs wait for one install instead of racing it.
+    exec 8>"$root/.lock-$name"
+    flock 8
+    if [ ! -f "$venv/.ready" ]; then
+      rm -rf "$venv"
+      echo "setting up $venv (first run only)" >&2
+      "$py" -m venv "$venv"
+      "$venv/bin/python" -m pip install -q --disable-pip-version-check -r "$req" >&2
+      touch "$venv/.ready"
+    fi
+    exec 8>&-
+  fi
+  echo "$venv"
+}
+
+hcl_json() {
+  local dir=${1:-$here/terraform} venv
+  venv=$(tool_venv hcl)
+  "$venv/bin/python" - "$dir" <<'PY'
+import json, pathlib, sys
+
+import hcl2
+
+folder = pathlib.Path(sys.argv[1])
+parsed = {}
+for path in sorted(folder.glob("*.tf")):
+    with path.open() as handle:
+        parsed[path.name] = hcl2.load(handle)
+json.dump(parsed, sys.stdout, indent=1, sort_keys=True)
+PY
+}
+
+check_fmt() {
+  echo "== terraform fmt" >&2
+  terraform fmt -check -recursive -diff "$here/terraform"
+}
+
+check_hcl() {
+  echo "== HCL wiring (tests/test_terraform.py)" >&2
+  local main
+  main=$(bash "$here/scripts/venv.sh")
+  (cd "$here" && "$main/bin/python" -m pytest -q -p no:cacheprovider tests/test_terraform.py)
+}
+
+check_checkov() {
+  echo "== checkov" >&2
+  local venv
+  venv=$(tool_venv checkov)
+  # --skip-download: no guideline or policy downloads; the built-in checks are all we run.
+  (cd "$here" && "$venv/bin/checkov" -d terraform --framework terraform --skip-download --compact --quiet)
+}
+
+check_hadolint() {
+  echo "== hadolint" >&2
+  local venv
+  venv=$(tool_venv checkov)
+  # Threshold "style": any finding at all fails; accepted ones are ignored inline with a reason.
+  "$venv/bin/hadolint" --failure-threshold style "$here/Dockerfile"
+}
+
+check_shellcheck() {
+  echo "== shellcheck" >&2
+  local venv
+  venv=$(tool_venv checkov)
+  "$venv/bin/shellcheck" "$here/deploy.sh" "$here/scripts/infra_checks.sh"
+}
+
+run_checks() {
+  local check
+  for check in "$@"; do
+    case $check in
+      all) run_checks fmt hcl checkov hadolint shellcheck ;;
+      static) run_checks fmt checkov hadolint shellcheck ;;
+      fmt | hcl | checkov | hadolint | shellcheck) "check_$check" ;;
+      *) echo "unknown check: $check (all, static, fmt, hcl, checkov, hadolint, shellcheck)" >&2; return 2 ;;
+    esac
+  done
+}
+
+case ${1:-all} in
+  venv) tool_venv "${2:?venv needs a name: hcl or checkov}" ;;
+  hcl-json) hcl_json "${2:-}" ;;
+  *)
+    [ $# -gt 0 ] || set -- all
+    run_checks "$@"
+    echo "infra checks passed: $*" >&2
+    ;;
+esac

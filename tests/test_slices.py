@@ -1,0 +1,433 @@
+"""Work slices, intake and the HTTP edge on the local stack: `file://` buckets, the in-process bus,
+the real handlers, and a fake trainer with run_job's contract (tests/factories_consumer.py)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from consumer.demo import LocalStack
+from consumer.errors import TransientStorageError
+from consumer.records import Lease
+from consumer.slices import WorkdirMirror, WorkToken
+from consumer.storage import open_store
+from rvc_core.testing import simple_dataset_zip
+from tests.factories_consumer import FakeTrainer
+
+
+@pytest.fixture
+def dataset(tmp_path: Path) -> Path:
+    return simple_dataset_zip(tmp_path / "upload" / "alice.zip", files=2, seconds=1.0)
+
+
+def make_stack(root: Path, trainer: FakeTrainer | None = None, **env: str) -> LocalStack:
+    return LocalStack(root, env={"SLICE_SECONDS": "30", **env}, trainer=trainer or FakeTrainer())
+
+
+def only_job(stack: LocalStack) -> str:
+    accepted = [r for r in stack.results if r.kind == "accepted"]
+    assert len(accepted) == 1
+    return accepted[0].data["job_id"]
+
+
+def post_token(stack: LocalStack, job_id: str, seq: int) -> Any:
+    envelope = {
+        "message": {"data": base64.b64encode(WorkToken(job_id, seq).encode()).decode(), "messageId": "1"}
+    }
+    return stack.client.post("/work", json=envelope)
+
+
+def accept_only(stack: LocalStack, dataset: Path, metadata: dict[str, str]) -> str:
+    """Intake without running any slice: the notification is delivered, tokens stay queued."""
+    info = stack.upload(dataset, "datasets/alice.zip", metadata)
+    event = {
+        "bucket": "inbox",
+        "name": "datasets/alice.zip",
+        "generation": str(info.generation),
+        "metadata": info.metadata,
+    }
+    headers = {
+        "ce-specversion": "1.0",
+        "ce-id": "1",
+        "ce-source": "//storage.googleapis.com/projects/_/buckets/inbox",
+        "ce-type": "google.cloud.storage.object.v1.finalized",
+        "Content-Type": "application/json",
+    }
+    answer = stack.client.post("/events", data=json.dumps(event), headers=headers)
+    assert answer.status_code == 200
+    return answer.get_json()["job_id"]
+
+
+# --- the main path ---------------------------------------------------------------------------------
+def test_upload_with_metadata_ends_in_one_succeeded_event(tmp_path: Path, dataset: Path) -> None:
+    stack = make_stack(tmp_path / "stack")
+    info = stack.upload(dataset, "datasets/alice.zip", {"model-name": "alice", "epochs": "5"})
+    stack.run(timeout=60)
+    finals = stack.finals()
+    assert [f.kind for f in finals] == ["succeeded"]
+    data = finals[0].data
+    assert data["model_name"] == "alice" and data["spec"]["epochs"] == 5
+    assert data["source"]["generation"] == info.generation
+    store = open_store(stack.settings.models_url)
+    assert all(store.stat(uri) is not None for uri in data["artifacts"].values())
+
+
+def test_job_longer_than_a_slice_runs_in_several_slices(tmp_path: Path, dataset: Path) -> None:
+    trainer = FakeTrainer(epochs_per_call=2)
+    stack = make_stack(tmp_path / "stack", trainer)
+    stack.upload(dataset, "datasets/alice.zip", {"epochs": "7"})
+    stack.run(timeout=60)
+    assert [c.resumed_epoch for c in trainer.calls] == [0, 2, 4, 6]
+    record = stack.services.records.get(only_job(stack))
+    assert record is not None and record.status == "succeeded" and record.seq == 3
+
+
+def test_latest_pointer_names_the_newest_success(tmp_path: Path, dataset: Path) -> None:
+    stack = make_stack(tmp_path / "stack")
+    stack.upload(dataset, "datasets/alice.zip", {"epochs": "1"})
+    stack.run(timeout=60)
+    store = open_store(stack.settings.models_url)
+    latest, _ = store.read_bytes(f"{stack.settings.models_url}/alice/latest.json")
+    assert json.loads(latest)["job_id"] == only_job(stack)
+
+
+def test_next_token_is_published_before_the_record_advances(tmp_path: Path, dataset: Path) -> None:
+    stack = make_stack(tmp_path / "stack", FakeTrainer(epochs_per_call=1))
+    seen: list[tuple[int, int]] = []  # (token seq, record seq when it was published)
+    publish = stack.bus.publish
+
+    def spy(topic: str, data: bytes, attributes: Any) -> str:
+        if "work" in topic:
+            token = WorkToken.decode(data)
+            record = stack.services.records.get(token.job_id)
+            seen.append((token.seq, record.seq if record else -1))
+        return publish(topic, data, attributes)
+
+    stack.services.slices.deps.work.publisher.publish = spy  # type: ignore[method-assign]
+    stack.upload(dataset, "datasets/alice.zip", {"epochs": "3"})
+    stack.run(timeout=60)
+    assert seen[1:] == [(1, 0), (2, 1)]
+
+
+def test_progress_is_published_per_stage_and_every_n_epochs(tmp_path: Path, dataset: Path) -> None:
+    stack = make_stack(tmp_path / "stack", FakeTrainer(epochs_per_call=10), PROGRESS_EVERY_EPOCHS="2")
+    stack.upload(dataset, "datasets/alice.zip", {"epochs": "5"})
+    stack.run(timeout=60)
+    progress = [
+        (r.data["progress"]["stage"], r.data["progress"].get("epoch"))
+        for r in stack.results
+        if r.kind == "progress"
+    ]
+    assert progress == [
+        ("extract", None),
+        ("features", None),
+        ("train", 1),
+        ("train", 2),
+        ("train", 4),
+        ("train", 5),
+        ("export", None),
+    ]
+
+
+def test_results_carry_cloudevent_and_filter_attributes(tmp_path: Path, dataset: Path) -> None:
+    stack = make_stack(tmp_path / "stack")
+    stack.upload(dataset, "datasets/alice.zip", {"model-name": "alice", "epochs": "1"})
+    stack.run(timeout=60)
+    final = stack.finals()[0]
+    attrs = final.attributes
+    assert attrs["ce-specversion"] == "1.0" and attrs["ce-type"].endswith("training.succeeded")
+    assert attrs["ce-subject"] == "alice" and attrs["ce-id"] and attrs["ce-source"] and attrs["ce-time"]
+    assert (attrs["job_id"], attrs["model_name"], attrs["status"]) == (
+        final.data["job_id"],
+        "alice",
+        "succeeded",
+    )
+
+
+def test_accepted_event_lists_unknown_metadata_keys(tmp_path: Path, dataset: Path) -> None:
+    stack = make_stack(tmp_path / "stack")
+    stack.upload(dataset, "datasets/alice.zip", {"epochs": "1", "colour": "blue"})
+    stack.run(timeout=60)
+    accepted = [r for r in stack.results if r.kind == "accepted"]
+    assert accepted[0].data["unknown_metadata_keys"] == ["colour"]
+
+
+# --- duplicates, supersession, stale tokens ----------------------------------------------------------
+def test_duplicate_notification_trains_once(tmp_path: Path, dataset: Path) -> None:
+    trainer = FakeTrainer(epochs_per_call=10)
+    stack = make_stack(tmp_path / "stack", trainer)
+    info = stack.upload(dataset, "datasets/alice.zip", {"epochs": "2"})
+    for _ in range(4):
+        stack.notify(info, "datasets/alice.zip")
+    stack.run(timeout=60)
+    assert len(stack.finals()) == 1
+    assert len({c.job_dir for c in trainer.calls}) == 1
+    assert len([r for r in stack.results if r.kind == "accepted"]) == 1
+
+
+def test_reupload_supersedes_the_older_unfinished_job(tmp_path: Path, dataset: Path) -> None:
+    stack = make_stack(tmp_path / "stack")
+    old_job = accept_only(stack, dataset, {"epochs": "2"})
+    stack.upload(dataset, "datasets/alice.zip", {"epochs": "2"})
+    stack.run(timeout=60)
+    old_finals = stack.finals(old_job)
+    assert len(old_finals) == 1 and old_finals[0].data["error"]["code"] == "superseded"
+    assert old_finals[0].attributes["status"] == "superseded"
+    assert [f.kind for f in stack.finals() if f.data["job_id"] != old_job] == ["succeeded"]
+
+
+def test_stale_token_is_acked_without_training(tmp_path: Path, dataset: Path) -> None:
+    trainer = FakeTrainer(epochs_per_call=1)
+    stack = make_stack(tmp_path / "stack", trainer)
+    stack.upload(dataset, "datasets/alice.zip", {"epochs": "2"})
+    stack.run(timeout=60)
+    calls = len(trainer.calls)
+    answer = post_token(stack, only_job(stack), 0)
+    assert answer.status_code == 200 and answer.get_json()["outcome"] == "stale"
+    assert len(trainer.calls) == calls and len(stack.finals()) == 1
+
+
+def test_token_ahead_of_the_record_is_retried_later(tmp_path: Path, dataset: Path) -> None:
+    stack = make_stack(tmp_path / "stack")
+    job_id = accept_only(stack, dataset, {"epochs": "2"})
+    answer = post_token(stack, job_id, 1)
+    assert answer.status_code == 429 and answer.get_json()["outcome"] == "ahead"
+
+
+def test_token_of_a_job_leased_by_a_live_owner_is_retried_later(tmp_path: Path, dataset: Path) -> None:
+    trainer = FakeTrainer()
+    stack = make_stack(tmp_path / "stack", trainer)
+    job_id = accept_only(stack, dataset, {"epochs": "2"})
+    stack.services.records.update(
+        job_id, lambda r: setattr(r, "lease", Lease("other", time.time() + 60)) or True
+    )
+    answer = post_token(stack, job_id, 0)
+    assert answer.status_code in (429, 503)
+    assert trainer.calls == []
+
+
+def test_unknown_job_token_is_acked(tmp_path: Path) -> None:
+    stack = make_stack(tmp_path / "stack")
+    answer = post_token(stack, "0123456789abcdef", 0)
+    assert answer.status_code == 200 and answer.get_json()["outcome"] == "unknown_job"
+
+
+def test_malformed_work_delivery_is_acked(tmp_path: Path) -> None:
+    stack = make_stack(tmp_path / "stack")
+    answer = stack.client.post("/work", data=b"{not json")
+    assert answer.status_code == 200 and answer.get_json()["outcome"] == "malformed"
+
+
+# --- failures ----------------------------------------------------------------------------------------
+def test_transient_failures_are_retried_and_the_job_completes(tmp_path: Path, dataset: Path) -> None:
+    trainer = FakeTrainer(failures=[TransientStorageError("503"), TransientStorageError("503")])
+    stack = make_stack(tmp_path / "stack", trainer, MAX_CONSECUTIVE_FAILURES="3")
+    stack.upload(dataset, "datasets/alice.zip", {"epochs": "2"})
+    stack.run(timeout=60)
+    assert [f.kind for f in stack.finals()] == ["succeeded"]
+    assert stack.statuses["/work"][:2] == [503, 503]
+
+
+def test_persistent_failure_fails_the_job_once_with_retryable_true(tmp_path: Path, dataset: Path) -> None:
+    trainer = FakeTrainer(failures=[TransientStorageError("503")] * 10)
+    stack = make_stack(tmp_path / "stack", trainer, MAX_CONSECUTIVE_FAILURES="3")
+    stack.upload(dataset, "datasets/alice.zip", {"epochs": "2"})
+    stack.run(timeout=60)
+    finals = stack.finals()
+    assert [f.kind for f in finals] == ["failed"]
+    assert finals[0].data["error"]["retryable"] is True
+    assert finals[0].data["error"]["code"] == "storage_unavailable"
+    assert len(trainer.calls) == 3
+
+
+def test_job_whose_slices_keep_dying_is_failed_after_the_limit(tmp_path: Path, dataset: Path) -> None:
+    trainer = FakeTrainer()
+    stack = make_stack(tmp_path / "stack", trainer, MAX_CONSECUTIVE_FAILURES="2")
+    job_id = accept_only(stack, dataset, {"epochs": "2"})
+
+    def crashed_slice(r: Any) -> bool:  # a previous owner died mid-slice, once already before
+        r.lease, r.consecutive_failures = Lease("dead-owner", time.time() - 1), 1
+        return True
+
+    stack.services.records.update(job_id, crashed_slice)
+    answer = post_token(stack, job_id, 0)
+    assert answer.get_json()["outcome"] == "failed"
+    stack.run(timeout=60)
+    finals = stack.finals(job_id)
+    assert len(finals) == 1 and finals[0].data["error"]["code"] == "slice_lost"
+    assert trainer.calls == []
+
+
+def test_expired_lease_is_taken_over_and_the_job_resumes(tmp_path: Path, dataset: Path) -> None:
+    stack = make_stack(tmp_path / "stack")
+    job_id = accept_only(stack, dataset, {"epochs": "2"})
+    stack.services.records.update(
+        job_id, lambda r: setattr(r, "lease", Lease("dead", time.time() - 1)) or True
+    )
+    stack.run(timeout=60)
+    assert [f.kind for f in stack.finals(job_id)] == ["succeeded"]
+
+
+def test_not_a_zip_fails_once_without_retries_and_writes_no_model(tmp_path: Path) -> None:
+    trainer = FakeTrainer()
+    stack = make_stack(tmp_path / "stack", trainer)
+    bad = tmp_path / "notes.zip"
+    bad.write_text("not a zip at all")
+    stack.upload(bad, "datasets/notes.zip", {"epochs": "2"})
+    stack.run(timeout=60)
+    finals = stack.finals()
+    assert [(f.kind, f.data["error"]["code"]) for f in finals] == [("failed", "not_a_zip")]
+    assert len(trainer.calls) == 1
+    assert list((tmp_path / "stack" / "models").rglob("*.*")) == []
+
+
+def test_invalid_metadata_fails_at_intake_without_training(tmp_path: Path, dataset: Path) -> None:
+    trainer = FakeTrainer()
+    stack = make_stack(tmp_path / "stack", trainer)
+    stack.upload(dataset, "datasets/alice.zip", {"epochs": "0"})
+    stack.upload(dataset, "datasets/alice.zip", {"epochs": "0"})  # a new generation: a second failed job
+    stack.run(timeout=60)
+    finals = stack.finals()
+    assert [(f.kind, f.data["error"]["code"]) for f in finals] == [("failed", "invalid_metadata")] * 2
+    assert "epochs" in finals[0].data["error"]["message"]
+    assert trainer.calls == []
+
+
+def test_redelivered_invalid_metadata_notification_reports_once(tmp_path: Path, dataset: Path) -> None:
+    stack = make_stack(tmp_path / "stack")
+    info = stack.upload(dataset, "datasets/alice.zip", {"sample-rate": "44100"})
+    stack.notify(info, "datasets/alice.zip")
+    stack.run(timeout=60)
+    assert len(stack.finals()) == 1
+
+
+# --- shutdown and concurrency -------------------------------------------------------------------------
+def test_sigterm_stops_the_slice_and_hands_the_job_on(tmp_path: Path, dataset: Path) -> None:
+    trainer = FakeTrainer(epochs_per_call=100)
+    stack = make_stack(tmp_path / "stack", trainer)
+    trainer.on_epoch = lambda epoch: stack.services.stop.set() if epoch == 2 else None
+    job_id = accept_only(stack, dataset, {"epochs": "6"})
+    answer = post_token(stack, job_id, 0)
+    assert answer.status_code == 200 and answer.get_json()["outcome"] == "advanced"
+    record = stack.services.records.get(job_id)
+    assert record is not None and record.seq == 1 and record.lease is None and record.progress["epoch"] == 2
+
+
+def test_a_stopping_instance_refuses_new_slices(tmp_path: Path, dataset: Path) -> None:
+    stack = make_stack(tmp_path / "stack")
+    job_id = accept_only(stack, dataset, {"epochs": "2"})
+    stack.services.stop.set()
+    assert post_token(stack, job_id, 0).status_code == 503
+
+
+def test_one_process_runs_one_slice_at_a_time(tmp_path: Path, dataset: Path) -> None:
+    stack = make_stack(tmp_path / "stack")
+    job_id = accept_only(stack, dataset, {"epochs": "2"})
+    with stack.services.slices._busy:
+        answer = post_token(stack, job_id, 0)
+    assert answer.status_code == 429 and answer.get_json()["outcome"] == "busy"
+
+
+def test_another_instance_resumes_from_the_uploaded_work_dir(tmp_path: Path, dataset: Path) -> None:
+    first_trainer, second_trainer = FakeTrainer(epochs_per_call=2), FakeTrainer(epochs_per_call=2)
+    first = make_stack(tmp_path / "stack", first_trainer)
+    job_id = accept_only(first, dataset, {"epochs": "4"})
+    assert post_token(first, job_id, 0).get_json()["outcome"] == "advanced"
+    second = make_stack(tmp_path / "stack", second_trainer, WORK_ROOT=str(tmp_path / "other-scratch"))
+    assert post_token(second, job_id, 1).get_json()["outcome"] == "finished"
+    assert [c.resumed_epoch for c in second_trainer.calls] == [2]
+
+
+# --- the work-dir mirror ------------------------------------------------------------------------------
+def test_sync_uploads_only_new_or_changed_files(tmp_path: Path) -> None:
+    store = open_store(f"file://{tmp_path / 'state'}")
+    work = tmp_path / "local" / "work"
+    (work / "stages").mkdir(parents=True)
+    (work / "stages" / "a.json").write_text("a")
+    (work / "ckpt.json").write_text("1")
+    mirror = WorkdirMirror(store, f"file://{tmp_path / 'state'}/jobs/x/work", work)
+    assert mirror.sync() == 2
+    assert mirror.sync() == 0
+    time.sleep(0.01)
+    (work / "ckpt.json").write_text("22")
+    assert mirror.sync() == 1
+
+
+def test_restore_matches_the_remote_state_exactly(tmp_path: Path) -> None:
+    store = open_store(f"file://{tmp_path / 'state'}")
+    remote = f"file://{tmp_path / 'state'}/jobs/x/work"
+    source = tmp_path / "a" / "work"
+    source.mkdir(parents=True)
+    (source / "ckpt.json").write_text("5")
+    WorkdirMirror(store, remote, source).sync()
+    target = tmp_path / "b" / "work"
+    target.mkdir(parents=True)
+    (target / "unsynced-leftover.pt").write_text("from a crashed slice")
+    WorkdirMirror(store, remote, target).restore()
+    assert sorted(p.name for p in target.rglob("*") if p.is_file()) == ["ckpt.json"]
+    assert (target / "ckpt.json").read_text() == "5"
+
+
+def test_sync_removes_remote_files_deleted_locally(tmp_path: Path) -> None:
+    store = open_store(f"file://{tmp_path / 'state'}")
+    remote = f"file://{tmp_path / 'state'}/jobs/x/work"
+    work = tmp_path / "a" / "work"
+    work.mkdir(parents=True)
+    (work / "old.ckpt").write_text("1")
+    mirror = WorkdirMirror(store, remote, work)
+    mirror.sync()
+    (work / "old.ckpt").unlink()
+    mirror.sync()
+    assert store.list(remote + "/") == []
+
+
+# --- the other endpoints ------------------------------------------------------------------------------
+def test_get_job_returns_the_record(tmp_path: Path, dataset: Path) -> None:
+    stack = make_stack(tmp_path / "stack")
+    job_id = accept_only(stack, dataset, {"epochs": "2", "model-name": "alice"})
+    answer = stack.client.get(f"/jobs/{job_id}")
+    assert answer.status_code == 200
+    assert answer.get_json()["model_name"] == "alice" and answer.get_json()["status"] == "queued"
+
+
+def test_get_unknown_job_is_404(tmp_path: Path) -> None:
+    assert make_stack(tmp_path / "stack").client.get("/jobs/0123456789abcdef").status_code == 404
+
+
+def test_malformed_event_is_acked_and_counted(tmp_path: Path) -> None:
+    stack = make_stack(tmp_path / "stack")
+    answer = stack.client.post("/events", data=b"\x00garbage", headers={"Content-Type": "application/json"})
+    assert answer.status_code == 200
+    assert stack.client.get("/healthz").get_json()["counters"]["malformed_deliveries"] == 1
+
+
+def test_train_endpoint_runs_the_same_job_and_writes_output_zip(tmp_path: Path, dataset: Path) -> None:
+    stack = make_stack(tmp_path / "stack")
+    output = f"file://{tmp_path / 'stack' / 'exports'}/alice-model.zip"
+    answer = stack.client.post(
+        "/train",
+        json={"dataset_url": f"file://{dataset}", "output_url": output, "model_name": "alice", "epochs": 3},
+    )
+    assert answer.status_code == 202
+    body = answer.get_json()
+    assert body["status_url"] == f"/jobs/{body['job_id']}"
+    stack.run(timeout=60)
+    assert [f.kind for f in stack.finals(body["job_id"])] == ["succeeded"]
+    assert (tmp_path / "stack" / "exports" / "alice-model.zip").exists()
+
+
+def test_train_endpoint_rejects_bad_options_at_once(tmp_path: Path, dataset: Path) -> None:
+    stack = make_stack(tmp_path / "stack")
+    answer = stack.client.post("/train", json={"dataset_url": f"file://{dataset}", "epochs": 99999})
+    assert answer.status_code == 400 and answer.get_json()["error"]["code"] == "invalid_metadata"
+
+
+def test_train_endpoint_reports_a_missing_dataset(tmp_path: Path) -> None:
+    stack = make_stack(tmp_path / "stack")
+    answer = stack.client.post("/train", json={"dataset_url": f"file://{tmp_path}/nope.zip"})
+    assert answer.status_code == 404
