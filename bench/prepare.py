@@ -39,7 +39,9 @@ def make_dataset(path: Path, minutes: float, file_minutes: float = 2.0) -> Path:
     return build_dataset_zip(path, DatasetSpec(files))
 
 
-def run_one(minutes: float, workers: int | None, f0_method: str, assets: str, device: str) -> dict:
+def run_one(
+    minutes: float, workers: int | None, f0_method: str, assets: str, device: str, until: str
+) -> dict:
     """Runs prepare on a fresh dataset in this process and returns per-stage timings."""
     from rvc_core.assets import AssetStore
     from rvc_core.config import PrepareConfig
@@ -64,6 +66,7 @@ def run_one(minutes: float, workers: int | None, f0_method: str, assets: str, de
             device=device,
             workers=workers,
             progress=on_progress,
+            until=until,
         )
         end = time.perf_counter()
         bounds = [*marks, ("end", end)]
@@ -106,11 +109,14 @@ def main() -> int:
     p.add_argument("--f0-method", default="rmvpe")
     p.add_argument("--assets", default="none")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--until", default="features", choices=STAGES, help="last stage to run")
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
     p.add_argument("--one", type=float, default=None, help=argparse.SUPPRESS)  # child mode
     args = p.parse_args()
     if args.one is not None:
-        print(json.dumps(run_one(args.one, args.workers, args.f0_method, args.assets, args.device)))
+        print(
+            json.dumps(run_one(args.one, args.workers, args.f0_method, args.assets, args.device, args.until))
+        )
         return 0
     rows = []
     for minutes in args.minutes:
@@ -125,6 +131,8 @@ def main() -> int:
             args.assets,
             "--device",
             args.device,
+            "--until",
+            args.until,
         ]
         if args.workers:
             cmd += ["--workers", str(args.workers)]

@@ -21,7 +21,7 @@ from rvc_core.atomic import atomic_dir, write_json, write_npy
 from rvc_core.config import PrepareConfig, config_hash
 from rvc_core.errors import BadDataset, ConfigMismatch, NoAudio, RvcError, TooLittleAudio
 from rvc_core.intake import ExtractedDataset, extract_dataset
-from rvc_core.layout import WorkDir
+from rvc_core.layout import STAGES, WorkDir
 from rvc_core.preprocess import FileStats, Segment, preprocess_all
 from rvc_core.progress import ProgressCallback, ProgressEvent, progress_bar
 from rvc_core.report import MIN_USABLE_SECONDS, DatasetReport, build_report, report_from_json
@@ -83,9 +83,10 @@ def run_prepare(
     device: str = "cpu",
     workers: int | None = None,
     progress: ProgressCallback | None = None,
+    until: str = "features",
 ) -> PreparedDataset:
-    """Runs every preparation stage that is not done yet. Raises `RvcError` on a rejected dataset,
-    after writing `report.json`."""
+    """Runs every preparation stage that is not done yet, up to and including `until` (benchmarks
+    stop early). Raises `RvcError` on a rejected dataset, after writing `report.json`."""
     wd = WorkDir(Path(workdir))
     bind_workdir(wd, config)
     emit = progress or (lambda _e: None)
@@ -101,8 +102,10 @@ def run_prepare(
         write_rejection(wd.root, err, config)
         raise
     segments = tuple(seg for s in stats for seg in s.segments)
-    _stage_pitch(segments, wd, config, assets, device, emit)
-    _stage_features(segments, wd, config, assets, device, emit)
+    if STAGES.index(until) >= STAGES.index("pitch"):
+        _stage_pitch(segments, wd, config, assets, device, emit)
+    if STAGES.index(until) >= STAGES.index("features"):
+        _stage_features(segments, wd, config, assets, device, emit)
     return PreparedDataset(workdir=wd, config=config, segments=segments, report=report)
 
 

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Offline checks of the deploy files: terraform fmt, the HCL wiring assertions, checkov, hadolint,
-# and a shell lint of the scripts. Each tool lives in its own cached virtualenv, created on first use exactly like
-# scripts/venv.sh: ${XDG_CACHE_HOME:-$HOME/.cache}/rvc-trainer/<name>-<hash of requirements-<name>.txt>.
-# checkov and python-hcl2 both install a package called `hcl2` (incompatible versions), hence two.
+# a shell lint of the scripts, and the dead-letter function under its real framework.
+# Each tool lives in its own cached virtualenv, created on first use like scripts/venv.sh does:
+# ${XDG_CACHE_HOME:-$HOME/.cache}/rvc-trainer/<name>-<hash of its requirements file>, from
+# requirements-hcl.txt, requirements-checkov.txt and functions/dead_letter/requirements.txt.
+# checkov and python-hcl2 both install a package called `hcl2` (incompatible versions), hence apart.
 #
-# Usage: scripts/infra_checks.sh [all|static|fmt|hcl|checkov|hadolint|shellcheck]...
+# Usage: scripts/infra_checks.sh [all|static|fmt|hcl|checkov|hadolint|shellcheck|function]...
 #        scripts/infra_checks.sh venv hcl|checkov    print that environment's path (creating it)
 #        scripts/infra_checks.sh hcl-json [DIR]      print DIR/*.tf (default terraform/) parsed, as JSON
 # `all` (the default) runs every check; `static` runs all but `hcl`, whose assertions live in
@@ -13,7 +15,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 
 tool_venv() {
-  local name=$1 req="$here/requirements-$1.txt" py=${PYTHON:-python3.11}
+  local name=$1 req=${2:-$here/requirements-$1.txt} py=${PYTHON:-python3.11}
   [ -f "$req" ] || { echo "no such tool environment: $name" >&2; return 2; }
   command -v "$py" >/dev/null 2>&1 || py=python3
   local hash root venv
@@ -82,6 +84,28 @@ check_hadolint() {
   "$venv/bin/hadolint" --failure-threshold style "$here/Dockerfile"
 }
 
+check_function() {
+  echo "== dead-letter function (its pinned requirements, loaded by functions-framework)" >&2
+  local venv
+  venv=$(tool_venv function "$here/functions/dead_letter/requirements.txt")
+  # Loads main.py under the real framework and posts one unreadable event: the pins install together,
+  # `handle` is a CloudEvent function, and an event it cannot read is acked (200), not retried.
+  (cd "$here/functions/dead_letter" && "$venv/bin/python" - >/dev/null <<'PY'
+from functions_framework import create_app
+
+app = create_app(target="handle", source="main.py", signature_type="cloudevent")
+headers = {
+    "ce-specversion": "1.0",
+    "ce-id": "infra-check",
+    "ce-type": "google.cloud.pubsub.topic.v1.messagePublished",
+    "ce-source": "//pubsub.googleapis.com/projects/p/topics/rvc-dead-letter",
+}
+reply = app.test_client().post("/", headers=headers, json={"subscription": "no message"})
+assert reply.status_code == 200, (reply.status_code, reply.get_data(as_text=True))
+PY
+  )
+}
+
 check_shellcheck() {
   echo "== shellcheck" >&2
   local venv
@@ -93,10 +117,10 @@ run_checks() {
   local check
   for check in "$@"; do
     case $check in
-      all) run_checks fmt hcl checkov hadolint shellcheck ;;
-      static) run_checks fmt checkov hadolint shellcheck ;;
-      fmt | hcl | checkov | hadolint | shellcheck) "check_$check" ;;
-      *) echo "unknown check: $check (all, static, fmt, hcl, checkov, hadolint, shellcheck)" >&2; return 2 ;;
+      all) run_checks fmt hcl checkov hadolint shellcheck function ;;
+      static) run_checks fmt checkov hadolint shellcheck function ;;
+      fmt | hcl | checkov | hadolint | shellcheck | function) "check_$check" ;;
+      *) echo "unknown check: $check (all, static, fmt, hcl, checkov, hadolint, shellcheck, function)" >&2; return 2 ;;
     esac
   done
 }

@@ -88,7 +88,7 @@ resource "google_cloud_run_v2_service_iam_member" "push_invokes_trainer" {
   location = var.region
   name     = google_cloud_run_v2_service.trainer.name
   role     = "roles/run.invoker"
-  member   = "allUsers"
+  member   = google_service_account.push.member
 }
 
 resource "google_cloud_run_v2_service_iam_member" "eventarc_invokes_trainer" {

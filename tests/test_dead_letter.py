@@ -441,7 +441,7 @@ def test_model_name_hint_matches_the_services(metadata: dict[str, str], name: st
         "datasets/sub/",
     ],
 )
-def test_intake_screens_match_the_services(name: str, tmp_path: Path) -> None:
+def test_intake_screens_match_the_services(name: str) -> None:
     from consumer.deliveries import ObjectFinalized
     from consumer.intake import screen
     from consumer.settings import Settings

@@ -507,3 +507,32 @@ def test_deploy_without_a_project_refuses_to_start() -> None:
 
     assert completed.returncode == 2
     assert "no project" in completed.stderr
+
+
+# --- the image ---------------------------------------------------------------------------------------------
+def test_image_starts_the_services_app_factory() -> None:
+    import importlib
+
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    target = re.search(r"'([\w.]+):(\w+)\(\)'", dockerfile)  # gunicorn's 'module:factory()'
+
+    assert target is not None
+    assert callable(getattr(importlib.import_module(target.group(1)), target.group(2)))
+
+
+def test_image_replaces_the_one_faiss_cpu_pin_with_faiss_gpu() -> None:
+    pins = [
+        line
+        for line in (ROOT / "requirements.txt").read_text().splitlines()
+        if line.startswith("faiss-cpu==")
+    ]
+
+    assert len(pins) == 1  # the Dockerfile's build step drops exactly this line
+    assert "faiss-gpu-cu12==" in (ROOT / "Dockerfile").read_text()
+
+
+def test_service_reads_weights_where_the_image_puts_them(tf: Config) -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+
+    assert f"assets download --dest {tf.variables['rvc_assets']['default']};" in dockerfile
+    assert tf.variables["rvc_pretrained"]["default"] == tf.variables["rvc_assets"]["default"]

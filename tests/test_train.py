@@ -186,6 +186,22 @@ def test_deadline_pauses_at_a_clean_point_and_leaves_a_checkpoint(
     assert train(workdir.root, BASE, ckpt_dir=tmp_path, device="cpu").step == 2 * STEPS_PER_EPOCH
 
 
+def test_long_runs_also_checkpoint_inside_an_epoch(
+    workdir: FakeWorkDir, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = loop_module.ckpt.save_checkpoint
+    saved_positions: list[tuple[int, int]] = []
+
+    def recording_save(ckpt_dir: Path, state: dict[str, Any]) -> float:
+        saved_positions.append((state["run"]["epoch"], state["run"]["batches_done"]))
+        return real(ckpt_dir, state)
+
+    monkeypatch.setattr(loop_module.ckpt, "save_checkpoint", recording_save)
+    config = dataclasses.replace(BASE, epochs=1, checkpoint_every_seconds=1e-9)
+    train(workdir.root, config, ckpt_dir=tmp_path, device="cpu")
+    assert (0, 1) in saved_positions  # after the first of the epoch's two steps
+
+
 def test_checkpoint_write_interrupted_leaves_the_previous_checkpoint_intact(
     workdir: FakeWorkDir, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -337,6 +353,40 @@ def test_missing_prepared_files_are_named(tmp_path: Path) -> None:
     (fake.root / "features" / "s001.npy").unlink()
     with pytest.raises(WorkDirIncomplete, match=r"s001.*features/s001\.npy"):
         train(fake.root, BASE, ckpt_dir=tmp_path / "ckpt", device="cpu")
+
+
+def test_loaded_segments_are_trimmed_to_one_length_at_100_fps(workdir: FakeWorkDir) -> None:
+    from rvc_core.layout import WorkDir
+    from rvc_core.train.data import load_dataset, read_segment_records
+
+    records = read_segment_records(WorkDir(workdir.root))
+    data = load_dataset(
+        workdir.root, records, version="v2", sample_rate=32000, f0=True, min_frames=40, device="cpu"
+    )
+    assert data.ids == workdir.segment_ids
+    for i, frames in enumerate(data.frames):
+        assert frames == 78  # 0.8 s: 39 feature frames at 50 fps, repeated x2, is the shortest
+        assert data.phone[i].shape == (frames, 768)
+        assert data.pitch is not None and data.pitch[i].shape == (frames,)
+        assert data.spec[i].shape == (513, frames) and data.mel[i].shape == (80, frames)
+        assert data.wave[i].shape == (frames * 320,)
+
+
+def test_batches_are_zero_padded_to_the_longest_item(workdir: FakeWorkDir) -> None:
+    from rvc_core.layout import WorkDir
+    from rvc_core.train.data import load_dataset, read_segment_records
+
+    records = read_segment_records(WorkDir(workdir.root))
+    data = load_dataset(
+        workdir.root, records, version="v2", sample_rate=32000, f0=True, min_frames=40, device="cpu"
+    )
+    short = dataclasses.replace(data, frames=(50, *data.frames[1:]))
+    short.phone = [data.phone[0][:50], *data.phone[1:]]
+    batch = short.collate([0, 1])
+    assert batch.lengths.tolist() == [50, 78]
+    assert batch.phone.shape == (2, 78, 768)
+    assert torch.equal(batch.phone[0, :50], data.phone[0][:50])
+    assert not batch.phone[0, 50:].any()
 
 
 # --- pure pieces ----------------------------------------------------------------------------------

@@ -5,6 +5,11 @@
 states of python, numpy, torch and CUDA, the data order (the batches left in the current epoch),
 the epoch and step, the training hash, the history, and the best validation loss with its
 generator weights. It is replaced in one `os.replace`, so a crash never leaves half a file.
+
+Beside it: `generator.pt`, the generator state dict chosen by `TrainConfig.export` (written when
+training finishes; the input of export), and `generator_e<N>.pt` for every `save_every`-th epoch.
+Both hold our module names (weight norm as `parametrizations.weight.original0/1`) in fp32: load
+them into `build_generator(...)` and use `export_generator_weights` for RVC's layout.
 """
 
 from __future__ import annotations

@@ -140,29 +140,29 @@ class ResidentDataset:
 
         frames = [self.frames[i] for i in indices]
         longest = max(frames)
+        # Batches assembled in host memory are pinned so the copy to the GPU does not block.
         pin = self.storage == "cpu" and self.device.startswith("cuda")
 
-        def padded(items: list[torch.Tensor], length: int, dtype: torch.dtype | None = None) -> torch.Tensor:
-            first = items[indices[0]]
-            shape = (len(indices), *first.shape[:-1], length)
-            out = torch.zeros(shape, dtype=dtype or first.dtype, device=self.storage, pin_memory=pin)
-            for row, i in enumerate(indices):
-                out[row, ..., : items[i].shape[-1]].copy_(items[i])
+        def padded(items: list[torch.Tensor], length: int, *, time_first: bool = False) -> torch.Tensor:
+            chosen = [items[i] for i in indices]
+            dtype = torch.float32 if chosen[0].is_floating_point() else chosen[0].dtype
+            rest = chosen[0].shape[1:] if time_first else chosen[0].shape[:-1]
+            shape = (len(chosen), length, *rest) if time_first else (len(chosen), *rest, length)
+            out = torch.zeros(shape, dtype=dtype, device=self.storage, pin_memory=pin)
+            for row, item in enumerate(chosen):
+                n = item.shape[0] if time_first else item.shape[-1]
+                (out[row, :n] if time_first else out[row, ..., :n]).copy_(item)
             return out.to(self.device, non_blocking=True)
 
-        phone_t = [p.T for p in self.phone]  # [dim, T] views, so time is the last axis like the rest
-        phone = padded(phone_t, longest, torch.float32).transpose(1, 2)
-        lengths = _small_tensor(frames, self.device)
-        sid = _small_tensor([self.speaker_ids[i] for i in indices], self.device)
         return Batch(
-            phone=phone,
-            lengths=lengths,
+            phone=padded(self.phone, longest, time_first=True),
+            lengths=_small_tensor(frames, self.device),
             pitch=padded(self.pitch, longest) if self.pitch is not None else None,
             pitchf=padded(self.pitchf, longest) if self.pitchf is not None else None,
-            spec=padded(self.spec, longest, torch.float32),
+            spec=padded(self.spec, longest),
             mel=padded(self.mel, longest),
             wave=padded(self.wave, longest * self.hop).unsqueeze(1),
-            sid=sid,
+            sid=_small_tensor([self.speaker_ids[i] for i in indices], self.device),
         )
 
     def subset(self, indices: Sequence[int]) -> ResidentDataset:

@@ -58,7 +58,7 @@ def choose_precision(device: str) -> Precision:
 
 class GuardedStepper:
     """Scales losses (fp16 only) and steps optimisers, skipping on the device when the loss or the
-    gradients are not finite. Counters stay on the device until `read_counters`."""
+    gradients are not finite. Its counters stay on the device; the loop reads them once per interval."""
 
     def __init__(self, precision: Precision, device: str) -> None:
         import torch
@@ -68,9 +68,8 @@ class GuardedStepper:
         self.uses_scale = precision.name == "fp16"
         self._scale = torch.full((), INITIAL_SCALE if self.uses_scale else 1.0, device=self.device)
         self._growth_tracker = torch.zeros((), dtype=torch.int32, device=self.device)
-        self._overflow = torch.zeros(
-            (), device=self.device
-        )  # this step: gradient overflow with a finite loss
+        # This step's gradient overflow with a finite loss: the only thing that shrinks the scale.
+        self._overflow = torch.zeros((), device=self.device)
         self.skipped_steps = torch.zeros((), dtype=torch.long, device=self.device)
         self.consecutive_skips = torch.zeros((), dtype=torch.long, device=self.device)
         self.worst_consecutive_skips = torch.zeros((), dtype=torch.long, device=self.device)
