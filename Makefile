@@ -17,6 +17,7 @@ test:
 	V=$$(bash scripts/setup.sh)
 	"$$V/bin/ruff" check .
 	"$$V/bin/ruff" format --check .
+	bash scripts/infra_checks.sh static
 	"$$V/bin/python" -m pytest $(PYTEST_ARGS)
 
 test-fast:

@@ -17,7 +17,9 @@ GUNICORN_JSON_LOGS = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"json": {"()": "consumer.logs.JsonFormatter"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stdout"}},
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stdout"}
+    },
     "root": {"level": "INFO", "handlers": ["console"]},
     "loggers": {"gunicorn.error": {"handlers": ["console"], "level": "INFO", "propagate": False}},
 }
@@ -37,7 +39,7 @@ def serve(threads: int) -> int:
     class Service(BaseApplication):  # type: ignore[misc]
         def load_config(self) -> None:
             options = {
-                "bind": f"0.0.0.0:{settings.port}",
+                "bind": f"{settings.host}:{settings.port}",
                 "workers": 1,  # one GPU, one process: slices never share it
                 "worker_class": "gthread",
                 "threads": threads,  # /events and /healthz stay answered while a slice runs

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 INBOX_BUCKET = "inbox"
 INTAKE_TOPIC = "rvc-intake"
+DEMO_FOLDERS = ("inbox", "state", "models", "scratch", "upload")
 
 
 class LocalStack:
@@ -137,9 +138,9 @@ class LocalStack:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m consumer demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("demo-out"), help="folder for the buckets (emptied)")
+    parser.add_argument("--out", type=Path, default=Path("demo-out"), help="folder for the buckets")
     parser.add_argument("--epochs", type=int, default=4, help="epochs to train")
-    parser.add_argument("--slice-seconds", type=float, default=20.0, help="training time per work slice, s")
+    parser.add_argument("--slice-seconds", type=float, default=3.0, help="training time per work slice, s")
     args = parser.parse_args(argv)
 
     import logging
@@ -151,18 +152,23 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     configure_logging(json_lines=False, level="WARNING")
     logging.getLogger("consumer").setLevel(logging.WARNING)
-    shutil.rmtree(args.out, ignore_errors=True)
+    for folder in DEMO_FOLDERS:  # a fresh run; nothing else under --out is touched
+        shutil.rmtree(args.out / folder, ignore_errors=True)
     bars: dict[str, Any] = {}
 
     def show(result: ReceivedResult) -> None:
         progress = result.data.get("progress") or {}
+        stage = progress.get("stage")
         if result.kind == "accepted":
             tqdm.write(f"accepted: job {result.data['job_id']} for model {result.data['model_name']}")
-        if result.kind == "progress" and progress.get("stage") == "train" and progress.get("epochs"):
-            bar = bars.setdefault("train", tqdm(total=progress["epochs"], desc="training", unit="epoch"))
-            bar.update(max(0, int(progress.get("epoch") or 0) - bar.n))
+        elif result.kind == "progress" and stage == "train" and progress.get("epochs"):
+            if "train" not in bars:
+                bars["train"] = tqdm(total=progress["epochs"], desc="training", unit="epoch")
+            bars["train"].update(max(0, int(progress.get("epoch") or 0) - bars["train"].n))
         elif result.kind == "progress":
-            tqdm.write(f"stage: {progress.get('stage')}")
+            if "train" in bars:
+                bars.pop("train").close()
+            tqdm.write(f"stage: {stage}")
 
     stack = LocalStack(
         args.out,

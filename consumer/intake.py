@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -18,7 +19,7 @@ from consumer.deliveries import Ignored, ObjectFinalized
 from consumer.jobspec import InvalidMetadata, build_job_spec, default_model_name, requested_spec
 from consumer.logs import log
 from consumer.records import JobRecord, JobRecords, SourceObject, job_id_for
-from consumer.results import Results, publish_once
+from consumer.results import ResultKind, Results, claim_announcement, mark_announced
 from consumer.slices import WorkQueue, WorkToken
 
 if TYPE_CHECKING:
@@ -35,7 +36,7 @@ TRAIN_LOCATION_KEYS = ("dataset_url", "output_url")
 
 @dataclass(frozen=True)
 class IntakeResult:
-    outcome: Literal["accepted", "duplicate", "ignored", "rejected"]
+    outcome: Literal["accepted", "duplicate", "ignored", "rejected", "busy"]
     job_id: str | None = None
     reason: str = ""
     error: dict[str, Any] | None = None
@@ -126,12 +127,22 @@ class Intake:
         self, job_id: str, source: SourceObject, metadata: Mapping[str, Any], *, output_url: str | None
     ) -> IntakeResult:
         record = self._new_record(job_id, source, metadata, output_url)
+        # The new record carries the claim to announce it: a duplicate running alongside waits.
+        record.announcing[_due_result(record)] = time.time()
         record, created = self.records.create(record)
-        record = self._announce(record)
+        announced = self._announce(record, claimed=created)
+        if announced is None:
+            log(
+                logger,
+                logging.INFO,
+                "intake busy: a duplicate delivery is announcing this job",
+                job_id=job_id,
+            )
+            return IntakeResult("busy", job_id, reason="another delivery of this upload is being handled")
         outcome: Literal["accepted", "duplicate"] = "accepted" if created else "duplicate"
         log(logger, logging.INFO, f"intake {outcome}", job_id=job_id, source=source.uri, status=record.status)
-        if record.status == "failed" and record.error:
-            return IntakeResult(outcome, job_id, reason=record.error["message"], error=record.error)
+        if announced.status == "failed" and announced.error:
+            return IntakeResult(outcome, job_id, reason=announced.error["message"], error=announced.error)
         return IntakeResult(outcome, job_id)
 
     def _new_record(
@@ -160,15 +171,27 @@ class Intake:
             output_url=output_url,
         )
 
-    def _announce(self, record: JobRecord) -> JobRecord:
-        """Everything a new job owes the world, each step skipped once recorded (duplicates, crashes)."""
-        if record.status == "failed":
-            return publish_once(self.results, self.records, record, "failed")
-        if "accepted" in record.announced:
+    def _announce(self, record: JobRecord, *, claimed: bool) -> JobRecord | None:
+        """What a new job owes the world, once: `failed` for refused metadata; else the newest-upload
+        pointer, work token #0 and `accepted`. None: a duplicate delivery is doing it right now."""
+        due = _due_result(record)
+        if due in record.announced:
             return record
-        self.records.claim_newest(record.model_name, record.job_id, record.source.generation)
-        self.work.publish(WorkToken(record.job_id, 0))
-        return publish_once(self.results, self.records, record, "accepted")
+        if not claimed:
+            verdict, record = claim_announcement(self.records, record.job_id, due)
+            if verdict == "done":
+                return record
+            if verdict == "busy":
+                return None
+        if due == "accepted":
+            self.records.claim_newest(record.model_name, record.job_id, record.source.generation)
+            self.work.publish(WorkToken(record.job_id, 0))
+        self.results.publish(due, record)
+        return mark_announced(self.records, record.job_id, due)
+
+
+def _due_result(record: JobRecord) -> ResultKind:
+    return "failed" if record.status == "failed" else "accepted"
 
 
 def _spec_dict(spec: Any) -> dict[str, Any]:

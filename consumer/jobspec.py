@@ -24,8 +24,6 @@ MetadataKey = Literal[
 ALIASES: dict[str, MetadataKey] = {
     "model_name": "model_name",
     "modelname": "model_name",
-    "model": "model_name",
-    "name": "model_name",
     "epochs": "epochs",
     "epoch": "epochs",
     "total_epoch": "epochs",

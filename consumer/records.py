@@ -68,6 +68,7 @@ class JobRecord:
     unknown_keys: list[str] = field(default_factory=list)
     output_url: str | None = None  # POST /train's extra destination
     announced: list[str] = field(default_factory=list)  # result kinds already published
+    announcing: dict[str, float] = field(default_factory=dict)  # kind → when a publisher claimed it
     superseded_by: str | None = None
     history: list[dict[str, Any]] = field(default_factory=list)  # the last slices: owner, times, epochs
     created_at: str = ""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
@@ -130,22 +130,62 @@ def final_kind(record: JobRecord) -> ResultKind:
     return "succeeded" if record.status == "succeeded" else "failed"
 
 
-def publish_once(results: Results, records: JobRecords, record: JobRecord, kind: ResultKind) -> JobRecord:
-    """Publishes `kind` unless the record says it already went out, then records that it did.
+# A claim to publish a result, older than this, was left by a publisher that died: take it over.
+CLAIM_SECONDS = 30.0
+Claim = Literal["mine", "done", "busy"]
 
-    A crash between the two steps republishes it on the next delivery, with the same `ce-id`.
-    """
-    if kind in record.announced:
-        return record
-    results.publish(kind, record)
 
-    def mark(r: JobRecord) -> bool:
+def claim_announcement(
+    records: JobRecords, job_id: str, kind: ResultKind, *, clock: Callable[[], float] = time.time
+) -> tuple[Claim, JobRecord]:
+    """Claims the right to publish `kind`: "done" (already published), "busy" (a live publisher
+    claimed it moments ago: retry later) or "mine". Duplicate deliveries running at the same time
+    therefore publish a result once, and a claim left by a crash expires."""
+    verdict: list[Claim] = ["busy"]
+
+    def take(r: JobRecord) -> bool:
         if kind in r.announced:
+            verdict[0] = "done"
             return False
-        r.announced.append(kind)
+        claimed_at = r.announcing.get(kind)
+        if claimed_at is not None and clock() - claimed_at < CLAIM_SECONDS:
+            verdict[0] = "busy"
+            return False
+        r.announcing[kind] = clock()
+        verdict[0] = "mine"
         return True
 
-    return records.update(record.job_id, mark)
+    record = records.update(job_id, take)
+    return verdict[0], record
+
+
+def mark_announced(records: JobRecords, job_id: str, kind: ResultKind) -> JobRecord:
+    def mark(r: JobRecord) -> bool:
+        r.announcing.pop(kind, None)
+        if kind not in r.announced:
+            r.announced.append(kind)
+        return True
+
+    return records.update(job_id, mark)
+
+
+def publish_once(
+    results: Results, records: JobRecords, record: JobRecord, kind: ResultKind, *, claimed: bool = False
+) -> JobRecord | None:
+    """Publishes `kind` unless it went out already, then records that it did. `claimed`: the caller
+    wrote the claim itself (with the change that made the result due). None: another publisher holds
+    a fresh claim (answer "retry later"). A crash between publishing and recording republishes it on
+    the next delivery, with the same `ce-id`."""
+    if kind in record.announced:
+        return record
+    if not claimed:
+        verdict, record = claim_announcement(records, record.job_id, kind)
+        if verdict == "done":
+            return record
+        if verdict == "busy":
+            return None
+    results.publish(kind, record)
+    return mark_announced(records, record.job_id, kind)
 
 
 @dataclass(frozen=True)

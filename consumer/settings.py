@@ -67,6 +67,7 @@ class Settings:
         "WORK_ROOT", "local scratch folder for work dirs", os.path.join(tempfile.gettempdir(), "rvc-trainer")
     )
     port: int = env_field("PORT", "HTTP port", 8080)
+    host: str = env_field("HOST", "interface to listen on (Cloud Run needs all: 0.0.0.0)", "0.0.0.0")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -85,6 +86,8 @@ class Settings:
                 values[f.name] = PARSERS.get(f.name, str)(raw)
             except ValueError as err:
                 problems.append(f"{name}={raw!r}: {err}")
+        if values.get("messaging", "pubsub") == "pubsub" and "project" not in values:
+            problems.append("GOOGLE_CLOUD_PROJECT is required with MESSAGING=pubsub (the topics' project)")
         if problems:
             raise SettingsError("; ".join(problems))
         return cls(**values)

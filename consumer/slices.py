@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from consumer.errors import NotFound
+from consumer.errors import NotFound, PreconditionFailed
 from consumer.logs import log
 from consumer.records import JobRecord, JobRecords, Lease, job_id_for
 from consumer.results import Results, final_kind, publish_once
@@ -391,7 +391,11 @@ class SliceRunner:
         if record is None:
             return SliceAnswer("unknown_job", "no record for this job", token.job_id, token.seq)
         if record.is_final:
-            publish_once(d.results, d.records, record, final_kind(record))  # a crash may have cut it
+            # Its final result may have been cut by a crash: publish it unless another delivery is.
+            if publish_once(d.results, d.records, record, final_kind(record)) is None:
+                return SliceAnswer(
+                    "busy", "another delivery is publishing the final result", token.job_id, token.seq
+                )
             return SliceAnswer("stale", f"job already {record.status}", token.job_id, token.seq)
         decision, record = self._take_lease(token)
         if decision != "taken":
@@ -413,7 +417,7 @@ class SliceRunner:
         except _Superseded as sup:
             return self._supersede(s, str(sup), sup.newer_job)
         except RvcError as err:
-            if err.retryable:
+            if err.retryable or isinstance(err, PreconditionFailed):  # a lost CAS race: try again later
                 return self._count_failure(s, _error_of(err, record.stage))
             return self._fail(s, _error_of(err, record.stage), dataset_report=self._report(s.job_id))
         except Exception as err:  # a bug or the machine (out of memory, a dead GPU): retried, counted
@@ -560,18 +564,23 @@ class SliceRunner:
         """Moves the job to a final status (once), publishes its one final result, drops its work files."""
         d = self.deps
 
+        moved = [False]
+
         def apply(r: JobRecord) -> bool:
+            moved[0] = False
             if r.is_final:
                 return False
             change(r)
             r.status = status  # type: ignore[assignment]
             r.lease = None
+            r.announcing[final_kind(r)] = d.clock()  # the claim to publish the final result
+            moved[0] = True
             return True
 
         record = d.records.update(job_id, apply)
-        record = publish_once(d.results, d.records, record, final_kind(record))
+        published = publish_once(d.results, d.records, record, final_kind(record), claimed=moved[0])
         self._forget_work(job_id)
-        return record
+        return published or record
 
     def _count_failure(self, s: _Slice, error: dict[str, Any]) -> SliceAnswer:
         d = self.deps
@@ -709,8 +718,6 @@ def _point_latest(store: ObjectStore, uri: str, record: JobRecord, artifacts: di
         indent=2,
         sort_keys=True,
     ).encode()
-    from consumer.errors import PreconditionFailed
-
     for _ in range(10):
         try:
             data, generation = store.read_bytes(uri)

@@ -67,7 +67,7 @@ class Service:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 120.0) -> Service:
-        env = {**os.environ, **self.env, "PORT": str(self.port), "PYTHONPATH": str(REPO)}
+        env = {**os.environ, **self.env, "HOST": "127.0.0.1", "PORT": str(self.port), "PYTHONPATH": str(REPO)}
         self.process = spawn(
             self.name, [sys.executable, "-m", "consumer", "serve", "--threads", "4"],
             env=env, log_path=self.log_path, cwd=REPO,
@@ -94,6 +94,13 @@ class Service:
                 if isinstance(entry, dict):
                     entries.append(entry)
         return entries
+
+
+class QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # The emulator's push client drops idle keep-alive connections; that is not worth a traceback.
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
 
 class RoundRobin:
@@ -135,7 +142,7 @@ class RoundRobin:
                 self.end_headers()
                 self.wfile.write(data)
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = QuietServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
         threading.Thread(target=self._server.serve_forever, name="round-robin", daemon=True).start()
 
@@ -201,16 +208,17 @@ class World:
         return self
 
     def _subscribe(self, endpoint: str, ack_deadline: int) -> None:
-        backoff = {"min_backoff_seconds": 1, "max_backoff_seconds": 3}
+        # No retry policy: the emulator (0.8.20) stops redelivering when several messages of one
+        # subscription are in retry-policy backoff at once; without one it redelivers about every second.
         specs = [
             SubscriptionSpec(unique_name("results-pull"), self.results_topic, ack_deadline_seconds=60),
             SubscriptionSpec(
                 unique_name("intake-push"), NOTIFICATION_TOPIC, push_endpoint=f"{endpoint}/events",
-                ack_deadline_seconds=10, **backoff,
+                ack_deadline_seconds=10,
             ),
             SubscriptionSpec(
                 unique_name("work-push"), self.work_topic, push_endpoint=f"{endpoint}/work",
-                ack_deadline_seconds=ack_deadline, **backoff,
+                ack_deadline_seconds=ack_deadline,
             ),
         ]  # fmt: skip
         for spec in specs:
@@ -345,7 +353,6 @@ def test_1_upload_with_metadata_ends_in_one_succeeded_with_a_loadable_model(
 
 
 @pytest.mark.emulator
-@pytest.mark.slow
 def test_2_many_short_slices_complete_without_overlap(world: World, voice_zip: Path) -> None:
     world.start(ack_deadline=10, SLICE_SECONDS="3")
     generation = world.upload(voice_zip, "datasets/bob.zip", {"model-name": "bob", "epochs": "6"})
@@ -369,9 +376,10 @@ def test_3_sigkill_mid_slice_then_restart_resumes_from_the_checkpoint(world: Wor
         assert time.monotonic() < deadline, "no checkpointed epoch in time"
         time.sleep(0.5)
     service = world.services[0]
-    while world.record(job_id)["lease"] is None:  # wait for the next slice to start, then kill it
+    while (lease := world.record(job_id)["lease"]) is None:  # wait for the next slice to start, then kill it
+        assert time.monotonic() < deadline, "no second slice in time"
         time.sleep(0.1)
-    owners_before = {h["owner"] for h in slice_log(world, job_id)} | {world.record(job_id)["lease"]["owner"]}
+    owners_before = {h["owner"] for h in slice_log(world, job_id)} | {lease["owner"]}
     service.kill()
     service.start()
     world.collect(finals_for(1), timeout=600)
@@ -424,7 +432,6 @@ def _emulator_publisher(world: World) -> Callable[[], Any]:
 
 
 @pytest.mark.emulator
-@pytest.mark.slow
 def test_5_bad_input_fails_once_with_the_right_code_and_writes_no_model(world: World, tmp_path: Path) -> None:
     world.start()
     not_zip = tmp_path / "not.zip"
@@ -444,7 +451,7 @@ def test_5_bad_input_fails_once_with_the_right_code_and_writes_no_model(world: W
     for name, (path, metadata, _) in cases.items():
         world.upload(path, name, metadata)
     world.collect(finals_for(len(cases)), timeout=300)
-    time.sleep(8)  # long enough for a redelivery (ack deadline 10 s, backoff 1–3 s) to show up
+    time.sleep(5)  # long enough for a redelivery (about every second after a failure) to show up
     world.collect(lambda _: True, timeout=5)
     codes = {r.data["source"]["name"]: r.data["error"]["code"] for r in world.finals()}
     assert codes == {name: code for name, (_, _, code) in cases.items()}
@@ -502,7 +509,7 @@ def test_7_ten_uploads_two_processes_ten_final_events(world: World, tmp_path: Pa
     for job_id in {f.data["job_id"] for f in finals}:
         for h in slice_log(world, job_id):
             per_owner.setdefault(h["owner"], []).append((h["started_at"], h["ended_at"]))
-    assert len(per_owner) >= 1
+    assert len(per_owner) == 2, "both processes should have run slices"
     for intervals in per_owner.values():
         assert_no_overlap(intervals)
 
@@ -520,6 +527,27 @@ def test_8_nothing_the_service_writes_triggers_intake(world: World, voice_zip: P
     assert len([r for r in world.results if r.kind == "accepted"]) == 1
     ignored = [e for e in world.services[0].log_entries() if "own buckets" in e.get("message", "")]
     assert ignored, "the service saw no notification of its own writes (is fake-gcs-server notifying?)"
+
+
+@pytest.mark.emulator
+@pytest.mark.slow
+def test_sigterm_mid_slice_persists_and_hands_the_job_on(world: World, voice_zip: Path) -> None:
+    world.start(SLICE_SECONDS="120")
+    world.upload(voice_zip, "datasets/hana.zip", {"model-name": "hana", "epochs": "200"})
+    progress = world.collect(
+        lambda rs: any(r.kind == "progress" and (r.data["progress"].get("epoch") or 0) >= 1 for r in rs),
+        timeout=300,
+    )
+    job_id = progress[0].data["job_id"]
+    service = world.services[0]
+    assert service.process is not None
+    stopping = time.monotonic()
+    os.kill(service.process.popen.pid, signal.SIGTERM)  # gunicorn's master, as Cloud Run does
+    service.process.popen.wait(timeout=15)
+    assert time.monotonic() - stopping < 10  # within Cloud Run's grace period
+    record = world.record(job_id)
+    assert record["seq"] == 1 and record["lease"] is None and record["history"][-1]["outcome"] == "advanced"
+    assert record["progress"]["epoch"] >= 1
 
 
 # --- the serving edge (no emulator) ------------------------------------------------------------------

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,8 @@ import pytest
 
 from consumer.demo import LocalStack
 from consumer.errors import TransientStorageError
-from consumer.records import Lease
+from consumer.jobspec import build_job_spec
+from consumer.records import JobRecord, Lease, SourceObject, job_id_for
 from consumer.slices import WorkdirMirror, WorkToken
 from consumer.storage import open_store
 from rvc_core.testing import simple_dataset_zip
@@ -168,6 +170,63 @@ def test_duplicate_notification_trains_once(tmp_path: Path, dataset: Path) -> No
     assert len(stack.finals()) == 1
     assert len({c.job_dir for c in trainer.calls}) == 1
     assert len([r for r in stack.results if r.kind == "accepted"]) == 1
+
+
+def post_finalize(stack: LocalStack, job_name: str = "datasets/alice.zip") -> Any:
+    info = stack.inbox.stat(stack.settings.object_url("inbox", job_name))
+    assert info is not None
+    event = {
+        "bucket": "inbox",
+        "name": job_name,
+        "generation": str(info.generation),
+        "metadata": info.metadata,
+    }
+    headers = {
+        "ce-specversion": "1.0", "ce-id": "2", "ce-source": "//storage.googleapis.com/projects/_/buckets/x",
+        "ce-type": "google.cloud.storage.object.v1.finalized", "Content-Type": "application/json",
+    }  # fmt: skip
+    return stack.client.post("/events", data=json.dumps(event), headers=headers)
+
+
+def forget_announcement(stack: LocalStack, job_id: str, claimed_seconds_ago: float) -> None:
+    """As if the delivery that created the job were still announcing it (or died doing so)."""
+
+    def change(r: Any) -> bool:
+        r.announced, r.announcing = [], {"accepted": time.time() - claimed_seconds_ago}
+        return True
+
+    stack.services.records.update(job_id, change)
+
+
+def test_duplicate_arriving_while_the_job_is_announced_is_retried_later(
+    tmp_path: Path, dataset: Path
+) -> None:
+    stack = make_stack(tmp_path / "stack")
+    job_id = accept_only(stack, dataset, {"epochs": "2"})
+    forget_announcement(stack, job_id, claimed_seconds_ago=1)
+    answer = post_finalize(stack)
+    assert answer.status_code == 503 and answer.get_json()["outcome"] == "busy"
+
+
+def test_duplicate_after_an_announcer_died_announces_the_job(tmp_path: Path, dataset: Path) -> None:
+    stack = make_stack(tmp_path / "stack")
+    uri = stack.settings.object_url("inbox", "datasets/alice.zip")
+    stack.inbox.upload_file(dataset, uri, metadata={"epochs": "2"})
+    info = stack.inbox.stat(uri)
+    assert info is not None
+    source = SourceObject(uri, "inbox", "datasets/alice.zip", info.generation)
+    spec = asdict(build_job_spec({"model_name": "alice", "epochs": 2}, preset="tiny"))
+    dead_claim = {"accepted": time.time() - 600}  # created, then its announcer died before publishing
+    stack.services.records.create(
+        JobRecord(job_id_for(source_key(info)), "alice", source, spec, announcing=dead_claim)
+    )
+    assert post_finalize(stack).get_json()["outcome"] == "duplicate"
+    stack.run(timeout=60)
+    assert [r.kind for r in stack.results if r.kind in ("accepted", "succeeded")] == ["accepted", "succeeded"]
+
+
+def source_key(info: Any) -> str:
+    return f"inbox/datasets/alice.zip#{info.generation}"
 
 
 def test_reupload_supersedes_the_older_unfinished_job(tmp_path: Path, dataset: Path) -> None:

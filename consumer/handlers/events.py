@@ -25,4 +25,5 @@ def handle(services: Services) -> tuple[Response, int]:
     if result.outcome == "ignored":
         services.counters["ignored_deliveries"] += 1
         log(logger, logging.INFO, f"delivery ignored: {result.reason}")
-    return jsonify(result.as_json()), 200
+    # "busy": a duplicate of this delivery is being handled right now; Pub/Sub retries this one later.
+    return jsonify(result.as_json()), 503 if result.outcome == "busy" else 200

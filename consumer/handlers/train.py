@@ -19,5 +19,7 @@ def handle(services: Services) -> tuple[Response, int]:
     if result.outcome == "rejected":
         error = result.error or {"code": "invalid_request", "message": result.reason}
         return jsonify(error=error), REJECTION_STATUS.get(str(error.get("code")), 400)
+    if result.outcome == "busy":
+        return jsonify(error={"code": "busy", "message": result.reason}), 503
     status_url = url_for("job", job_id=result.job_id, _external=False)
     return jsonify(job_id=result.job_id, status_url=status_url, outcome=result.outcome), 202
