@@ -6,6 +6,7 @@ re-run after a crash continues where it stopped. The work dir is bound to one `P
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import logging
@@ -25,6 +26,7 @@ from rvc_core.errors import BadDataset, ConfigMismatch, NoAudio, RvcError, TooLi
 from rvc_core.intake import ExtractedDataset, extract_dataset
 from rvc_core.layout import STAGES, WorkDir
 from rvc_core.preprocess import FileStats, Segment, preprocess_all
+from rvc_core.preprocess.records import REJECT_UNDECODABLE, reason_code
 from rvc_core.progress import ProgressCallback, ProgressEvent, progress_bar
 from rvc_core.report import MIN_USABLE_SECONDS, DatasetReport, build_report, report_from_json
 
@@ -181,7 +183,8 @@ def _check_usable(report: DatasetReport, wd: WorkDir) -> None:
             f"RVC models hold speakers 0..{SPEAKER_SLOTS - 1}",
             stage="prepare",
         )
-    if t.files and not t.files_used and all("decod" in (f.get("reason") or "") for f in report.files):
+    undecodable = [f for f in report.files if reason_code(f.get("reason") or "") == REJECT_UNDECODABLE]
+    if t.files and len(undecodable) == t.files:
         raise NoAudio(
             f"none of the {t.files} audio file(s) could be decoded "
             f"(first: {report.files[0]['name']}: {report.files[0]['reason']})",
@@ -199,10 +202,8 @@ def release_freed_memory() -> None:
     """Hands freed heap pages back to the OS. Batches of varying shapes otherwise fragment glibc's
     heap, and peak memory grows with dataset length (measured: +260 MB from 10 to 60 minutes)."""
     if sys.platform.startswith("linux"):
-        try:
+        with contextlib.suppress(OSError):
             ctypes.CDLL("libc.so.6").malloc_trim(0)
-        except OSError:
-            pass
 
 
 def _batches(segments: Sequence[Segment], max_seconds: float) -> Iterator[list[Segment]]:

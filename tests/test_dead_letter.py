@@ -256,6 +256,32 @@ def test_final_result_that_never_went_out_is_published_as_the_service_would(
     assert "failed" in store.record("a1b2c3d4e5f60718")["announced"]
 
 
+def test_result_the_service_is_publishing_right_now_is_left_to_it(
+    store: MemoryStore, publisher: RecordingPublisher, deps: Any
+) -> None:
+    error = {"stage": "train", "code": "slice_failed", "message": "boom", "retryable": False}
+    store.put(consumer_record(status="failed", error=error, announcing={"failed": NOW - 5}).to_json())
+
+    outcome = fn.process(work_letter("a1b2c3d4e5f60718", 3), deps)
+
+    assert outcome.action == "claimed_elsewhere"
+    assert publisher.messages == []
+
+
+def test_a_claim_left_by_a_crashed_publisher_is_taken_over(
+    store: MemoryStore, publisher: RecordingPublisher, deps: Any
+) -> None:
+    error = {"stage": "train", "code": "slice_failed", "message": "boom", "retryable": False}
+    store.put(consumer_record(status="failed", error=error, announcing={"failed": NOW - 600}).to_json())
+
+    outcome = fn.process(work_letter("a1b2c3d4e5f60718", 3), deps)
+
+    assert outcome.action == "reported"
+    assert len(publisher.messages) == 1
+    record = store.record("a1b2c3d4e5f60718")
+    assert "failed" in record["announced"] and record["announcing"] == {}
+
+
 def test_stale_work_token_is_dropped(store: MemoryStore, publisher: RecordingPublisher, deps: Any) -> None:
     store.put(consumer_record(seq=5).to_json())
 

@@ -55,6 +55,7 @@ RECORD_DEFAULTS: dict[str, Any] = {  # consumer.records.JobRecord's fields after
     "unknown_keys": [],
     "output_url": None,
     "announced": [],
+    "announcing": {},
     "superseded_by": None,
     "history": [],
     "created_at": "",
@@ -71,7 +72,10 @@ CAS_ATTEMPTS = 20
 CALL_TIMEOUT_S = 30.0
 
 ResultKind = Literal["succeeded", "failed"]
-Action = Literal["reported", "already_reported", "stale", "job_started", "unknown_job", "ignored"]
+Action = Literal[
+    "reported", "already_reported", "claimed_elsewhere", "stale", "job_started", "unknown_job", "ignored"
+]
+CLAIM_SECONDS = 30.0  # consumer/results.py: a publish claim older than this was left by a crash
 
 
 class RetryLater(Exception):
@@ -387,33 +391,72 @@ def process(letter: DeadLetter, deps: Deps) -> Outcome:
 
 
 def _report_final(record: dict[str, Any], deps: Deps, details: dict[str, Any] | None) -> Outcome:
-    """Publishes the job's final result unless the record says it went out, then records that it did
-    (a crash in between republishes it, with the same ce-id)."""
+    """Publishes the job's final result unless the record says it went out, with the service's claim
+    protocol (consumer/results.py): claim on the record, publish, record that it went out. A crash in
+    between republishes it, with the same ce-id; a fresh claim of the service's is left to it."""
     job_id = record["job_id"]
     kind: ResultKind = "succeeded" if record["status"] == "succeeded" else "failed"
-    if kind in record.get("announced", []):
-        return Outcome("already_reported", job_id, f"its {kind} result went out before")
+    claimed = _claim(job_id, kind, deps)
+    if claimed != "mine":
+        if claimed == "done":
+            return Outcome("already_reported", job_id, f"its {kind} result went out before")
+        return Outcome("claimed_elsewhere", job_id, f"the service is publishing its {kind} result now")
+    loaded = deps.store.read(job_id)
+    current = loaded[0] if loaded else record
     data, attributes = result_message(
         kind,
-        record,
+        current,
         project=deps.project,
         extra={"dead_letter": details} if details else None,
         clock=deps.clock,
     )
     deps.results.publish(data, attributes)
+    _update(job_id, deps, lambda r: _mark_announced(r, kind, deps))
+    return Outcome("reported", job_id, f"published {kind}")
+
+
+def _claim(job_id: str, kind: ResultKind, deps: Deps) -> str:
+    verdict = ["busy"]
+
+    def take(r: dict[str, Any]) -> bool:
+        if kind in r.get("announced", []):
+            verdict[0] = "done"
+            return False
+        claimed_at = r.get("announcing", {}).get(kind)
+        if claimed_at is not None and deps.clock() - claimed_at < CLAIM_SECONDS:
+            verdict[0] = "busy"
+            return False
+        r["announcing"] = {**r.get("announcing", {}), kind: deps.clock()}
+        verdict[0] = "mine"
+        return True
+
+    _update(job_id, deps, take)
+    return verdict[0]
+
+
+def _mark_announced(r: dict[str, Any], kind: ResultKind, deps: Deps) -> bool:
+    r["announcing"] = {k: v for k, v in r.get("announcing", {}).items() if k != kind}
+    if kind not in r.get("announced", []):
+        r["announced"] = [*r.get("announced", []), kind]
+    r["updated_at"] = now_iso(deps.clock)
+    return True
+
+
+def _update(job_id: str, deps: Deps, change: Callable[[dict[str, Any]], bool]) -> None:
+    """Compare-and-swap loop on the job record; `change` edits it in place and says whether to write."""
     for _ in range(CAS_ATTEMPTS):
         loaded = deps.store.read(job_id)
-        if loaded is None or kind in loaded[0].get("announced", []):
-            break
+        if loaded is None:
+            return
         current, generation = loaded
-        current["announced"] = [*current.get("announced", []), kind]
-        current["updated_at"] = now_iso(deps.clock)
+        if not change(current):
+            return
         try:
             deps.store.write(job_id, current, if_generation_match=generation)
-            break
+            return
         except Conflict:
             continue
-    return Outcome("reported", job_id, f"published {kind}")
+    raise Conflict(f"job {job_id}: {CAS_ATTEMPTS} concurrent updates in a row")
 
 
 # --- Google Cloud adapters ------------------------------------------------------------------------------
