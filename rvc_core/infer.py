@@ -27,14 +27,26 @@ class RetrievalIndex:
         ivf.make_direct_map()
         return cls(index=index, vectors=index.reconstruct_n(0, index.ntotal))
 
-    def blend(self, features: np.ndarray, rate: float = DEFAULT_INDEX_RATE) -> np.ndarray:
-        """Mixes each frame with the inverse-square-distance weighted mean of its neighbours."""
+    def blend(
+        self, features: np.ndarray, rate: float = DEFAULT_INDEX_RATE, *, exclude_exact: bool = False
+    ) -> np.ndarray:
+        """Mixes each frame with the inverse-square-distance weighted mean of its neighbours (RVC's
+        k=8, weights 1/d² on faiss's squared-L2 score). `exclude_exact` skips neighbours identical to
+        the frame: an utterance that is itself in the index would otherwise retrieve only itself."""
         k = min(INDEX_NEIGHBOURS, len(self.vectors))
-        dist, ids = self.index.search(np.ascontiguousarray(features, dtype=np.float32), k)
-        weights = 1.0 / np.maximum(np.square(dist), 1e-12)
-        weights[ids < 0] = 0.0
-        weights /= np.maximum(weights.sum(axis=1, keepdims=True), 1e-12)
+        search_k = min(k + 1, len(self.vectors)) if exclude_exact else k
+        dist, ids = self.index.search(np.ascontiguousarray(features, dtype=np.float32), search_k)
+        valid = ids >= 0  # faiss pads missing neighbours with id -1 and a huge distance
+        if exclude_exact:
+            valid &= dist > 1e-6
+        valid &= np.cumsum(valid, axis=1) <= k
+        safe = np.where(valid, np.maximum(dist.astype(np.float64), 1e-12), 1.0)
+        weights = np.where(valid, 1.0 / np.square(safe), 0.0)
+        total = weights.sum(axis=1, keepdims=True)
+        weights /= np.maximum(total, 1e-300)
         retrieved = np.einsum("tk,tkd->td", weights, self.vectors[np.maximum(ids, 0)])
+        # A frame with no usable neighbour keeps its own features.
+        retrieved = np.where(total > 0, retrieved, features)
         return (rate * retrieved + (1.0 - rate) * features).astype(np.float32)
 
 
@@ -45,6 +57,7 @@ def convert(
     *,
     index: RetrievalIndex | None = None,
     index_rate: float = DEFAULT_INDEX_RATE,
+    exclude_exact: bool = False,
     speaker_id: int = 0,
     device: str = "cpu",
 ) -> np.ndarray:

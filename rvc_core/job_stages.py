@@ -290,6 +290,9 @@ def write_preview(
         features,
         f0,
         index=RetrievalIndex.load(index_path),
+        # The held-out segment's own frames are in the index (RVC indexes every frame): skip them so
+        # the preview shows retrieval from the training data.
+        exclude_exact=True,
         speaker_id=speaker,
         device=device,
     )

@@ -450,6 +450,24 @@ def test_sine_source_runs_in_fp32_under_low_precision_autocast() -> None:
     assert torch.allclose(under_autocast, reference, atol=1e-5)
 
 
+def test_decoder_waveform_is_fp32_and_close_to_fp32_under_bf16_autocast() -> None:
+    # The waveform feeds the mel loss; rounding it to bf16 would put a floor under that loss.
+    g = build_generator("v2", 40000, preset="tiny").eval()
+    torch.manual_seed(0)
+    x = torch.randn(1, g.shape.inter_channels, 20)
+    cond = torch.randn(1, g.shape.gin_channels, 1)
+    f0 = torch.full((1, 20), 220.0)
+    torch.manual_seed(1)
+    reference = g.dec(x, cond, f0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        torch.manual_seed(1)
+        mixed = g.dec(x, cond, f0)
+    assert mixed.dtype == torch.float32
+    # Only the earlier stages ran in bf16: the output differs from fp32 by far less than bf16's
+    # own rounding of a full-scale signal (~4e-3).
+    assert float((mixed - reference).abs().mean()) < 2e-3
+
+
 # --- losses -------------------------------------------------------------------------------------------
 
 

@@ -130,15 +130,23 @@ class HiFiGanDecoder(nn.Module):
                 raise ValueError("this decoder has an NSF source and needs f0")
             source = self.m_source(f0, self.hop_length).to(self.conv_pre.weight.dtype)
         x = self.conv_pre(x) + self.cond(g)
-        for i, up in enumerate(self.ups):
-            x = up(F.leaky_relu(x, LRELU_SLOPE))
-            if source is not None and self.noise_convs is not None:
-                x = x + self.noise_convs[i](source)
-            first = i * self.num_kernels
-            mixed = self.resblocks[first](x)
-            for block in self.resblocks[first + 1 : first + self.num_kernels]:
-                mixed = mixed + block(x)
-            x = mixed / self.num_kernels
-        # RVC uses leaky_relu's default slope (0.01) here, not LRELU_SLOPE.
-        x = self.conv_post(F.leaky_relu(x))
-        return torch.tanh(x)
+        last = len(self.ups) - 1
+        for i in range(last):
+            x = self._stage(i, x, source)
+        # The last stage and the output conv run in fp32 even under autocast: the waveform feeds the
+        # mel loss, and bf16's 8-bit mantissa alone puts a floor of ~18 (×45-weighted mel L1) under it.
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            x = self._stage(last, x.float(), None if source is None else source.float())
+            # RVC uses leaky_relu's default slope (0.01) here, not LRELU_SLOPE.
+            x = self.conv_post(F.leaky_relu(x))
+            return torch.tanh(x)
+
+    def _stage(self, i: int, x: Tensor, source: Tensor | None) -> Tensor:
+        x = self.ups[i](F.leaky_relu(x, LRELU_SLOPE))
+        if source is not None and self.noise_convs is not None:
+            x = x + self.noise_convs[i](source)
+        first = i * self.num_kernels
+        mixed = self.resblocks[first](x)
+        for block in self.resblocks[first + 1 : first + self.num_kernels]:
+            mixed = mixed + block(x)
+        return mixed / self.num_kernels
