@@ -22,7 +22,12 @@ MANIFEST = Path(__file__).resolve().parents[2] / "shared" / "spec" / "rvc_state_
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     env = {"PATH": "/usr/bin:/bin", "HOME": str(cwd), "PYTHONPATH": str(REPO)}
     return subprocess.run(
-        [sys.executable, "-m", "rvc_core", *args], cwd=cwd, capture_output=True, text=True, timeout=900, env=env
+        [sys.executable, "-m", "rvc_core", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
     )
 
 
@@ -31,22 +36,44 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.
     root = tmp_path_factory.mktemp("job")
     zip_path = simple_dataset_zip(root / "My Voice (take 1).zip", files=3, seconds=8.0)
     proc = _cli(
-        "train", str(zip_path), "--out", str(root / "out"), "--preset", "tiny", "--assets", "none",
-        "--pretrained", "none", "--epochs", "2", "--save-every", "1", "--f0-method", "pm", "--workers", "1",
-        "--author", "tester", cwd=root,
+        "train",
+        str(zip_path),
+        "--out",
+        str(root / "out"),
+        "--preset",
+        "tiny",
+        "--assets",
+        "none",
+        "--pretrained",
+        "none",
+        "--epochs",
+        "2",
+        "--save-every",
+        "1",
+        "--f0-method",
+        "pm",
+        "--workers",
+        "1",
+        "--author",
+        "tester",
+        cwd=root,
     )
     return root / "out", proc
 
 
-def test_cli_train_exits_zero_and_names_the_model_after_the_zip(trained) -> None:  # type: ignore[no-untyped-def]
-    out, proc = trained
+def test_cli_train_exits_zero_and_names_the_model_after_the_zip(
+    trained: tuple[Path, subprocess.CompletedProcess[str]],
+) -> None:
+    _, proc = trained
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(proc.stdout[proc.stdout.index("{") :])
     assert summary["status"] == "finished"
     assert Path(summary["artifacts"]["pth"]).name == "My_Voice_take_1.pth"
 
 
-def test_exported_model_loads_safely_with_rvc_keys_and_config(trained) -> None:  # type: ignore[no-untyped-def]
+def test_exported_model_loads_safely_with_rvc_keys_and_config(
+    trained: tuple[Path, subprocess.CompletedProcess[str]],
+) -> None:
     import torch
 
     out, _ = trained
@@ -65,7 +92,9 @@ def test_exported_model_loads_safely_with_rvc_keys_and_config(trained) -> None: 
     assert weights["emb_g.weight"].shape[0] == MODEL_SHAPES[("v2", 40000)].spk_embed_dim
 
 
-def test_output_folder_holds_index_preview_report_and_zip(trained) -> None:  # type: ignore[no-untyped-def]
+def test_output_folder_holds_index_preview_report_and_zip(
+    trained: tuple[Path, subprocess.CompletedProcess[str]],
+) -> None:
     out, _ = trained
     index = list(out.glob("added_IVF*_Flat_nprobe_1_My_Voice_take_1_v2.index"))
     assert len(index) == 1
@@ -80,15 +109,19 @@ def test_output_folder_holds_index_preview_report_and_zip(trained) -> None:  # t
         assert sorted(zf.namelist()) == sorted(["My_Voice_take_1.pth", index[0].name])
 
 
-def test_save_every_exports_each_epoch(trained) -> None:  # type: ignore[no-untyped-def]
+def test_save_every_exports_each_epoch(trained: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
     out, _ = trained
     assert (out / "My_Voice_take_1_e1.pth").exists() and (out / "My_Voice_take_1_e2.pth").exists()
 
 
-def test_rerun_into_a_used_folder_without_resume_is_refused(trained, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_rerun_into_a_used_folder_without_resume_is_refused(
+    trained: tuple[Path, subprocess.CompletedProcess[str]], tmp_path: Path
+) -> None:
     out, _ = trained
     zip_path = simple_dataset_zip(tmp_path / "v.zip", files=3, seconds=8.0)
-    proc = _cli("train", str(zip_path), "--out", str(out), "--preset", "tiny", "--assets", "none", cwd=tmp_path)
+    proc = _cli(
+        "train", str(zip_path), "--out", str(out), "--preset", "tiny", "--assets", "none", cwd=tmp_path
+    )
     assert proc.returncode == 2
     assert "--resume" in proc.stderr and proc.stderr.startswith("error: invalid_config: ")
 
@@ -98,7 +131,9 @@ def test_paused_job_continues_to_the_same_finish(tmp_path: Path) -> None:
     spec = JobSpec(model_name="pausy", epochs=2, preset="tiny", f0_method="pm")
     env = JobEnvironment(assets="none", pretrained="none", workers=1)
     calls = iter([True])  # stop at the first clean point, then never again
-    first = run_job(zip_path, tmp_path / "w", tmp_path / "o", spec, env, should_stop=lambda: next(calls, False))
+    first = run_job(
+        zip_path, tmp_path / "w", tmp_path / "o", spec, env, should_stop=lambda: next(calls, False)
+    )
     assert first.status == "paused"
     assert not (tmp_path / "o" / "pausy.pth").exists()
     second = run_job(zip_path, tmp_path / "w", tmp_path / "o", spec, env)
@@ -112,7 +147,7 @@ def test_missing_pretrained_files_are_named(tmp_path: Path) -> None:
     zip_path = simple_dataset_zip(tmp_path / "v.zip", files=3, seconds=8.0)
     spec = JobSpec(model_name="x", epochs=1, preset="tiny", f0_method="pm")
     env = JobEnvironment(assets="none", pretrained=str(tmp_path / "nothing-here"), workers=1)
-    with pytest.raises(AssetMissing, match="f0G40k.pth"):
+    with pytest.raises(AssetMissing, match=r"f0G40k\.pth"):
         run_job(zip_path, tmp_path / "w", tmp_path / "o", spec, env)
 
 
