@@ -36,3 +36,4 @@ bench:
 	V=$$(bash scripts/setup.sh)
 	"$$V/bin/python" bench/prepare.py
 	"$$V/bin/python" bench/train.py --preset tiny --steps 50
+	"$$V/bin/python" bench/consumer.py

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 EXIT_CONFIG = 2
 GUNICORN_JSON_LOGS = {
@@ -28,7 +29,8 @@ GUNICORN_JSON_LOGS = {
 def serve(threads: int) -> int:
     from gunicorn.app.base import BaseApplication
 
-    from consumer.settings import Settings, SettingsError
+    from consumer.errors import SettingsError
+    from consumer.settings import Settings
 
     try:
         settings = Settings.from_env()  # validated here, once, before any worker starts
@@ -47,6 +49,7 @@ def serve(threads: int) -> int:
                 "graceful_timeout": 9,  # Cloud Run sends SIGKILL 10 s after SIGTERM
                 "accesslog": None,
                 "logconfig_dict": GUNICORN_JSON_LOGS,  # gunicorn's own lines as JSON too
+                "post_fork": _worker_dies_with_master,
             }
             for key, value in options.items():
                 self.cfg.set(key, value)
@@ -58,6 +61,13 @@ def serve(threads: int) -> int:
 
     Service().run()
     return 0
+
+
+def _worker_dies_with_master(server: Any, worker: Any) -> None:
+    """A worker whose master was killed outright would finish its slice as an orphan; end it too."""
+    from consumer.orphans import die_with_parent_now
+
+    die_with_parent_now(worker.ppid)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

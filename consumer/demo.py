@@ -73,6 +73,7 @@ class LocalStack:
         self.results: list[ReceivedResult] = []
         self.on_result = on_result
         self.statuses: dict[str, list[int]] = {"/events": [], "/work": []}
+        self.work_answers: list[dict[str, Any]] = []  # /work's JSON answers, timings included
         self.bus.subscribe(INTAKE_TOPIC, lambda req: self._push("/events", req), name="rvc-intake-push")
         self.bus.subscribe(
             self.settings.work_topic, lambda req: self._push("/work", req), name="rvc-work-push"
@@ -80,9 +81,11 @@ class LocalStack:
         self.bus.subscribe(self.settings.results_topic, self._collect, name="rvc-results-collect")
 
     def _push(self, path: str, request: PushRequest) -> int:
-        status = self.client.post(path, data=request.body, headers=request.headers).status_code
-        self.statuses[path].append(status)
-        return status
+        response = self.client.post(path, data=request.body, headers=request.headers)
+        self.statuses[path].append(response.status_code)
+        if path == "/work":
+            self.work_answers.append(response.get_json())
+        return response.status_code
 
     def _collect(self, request: PushRequest) -> int:
         from consumer.results import read_result

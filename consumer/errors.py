@@ -6,7 +6,7 @@ report (`{stage, code, message, retryable}`) that travels into the `failed` Clou
 
 from __future__ import annotations
 
-from rvc_core.errors import RvcError
+from rvc_core.errors import ConfigError, RvcError
 
 
 class ConsumerError(RvcError):
@@ -51,3 +51,38 @@ class PublishFailed(MessagingError):
     def __init__(self, message: str, *, stage: str | None = None, retryable: bool = True) -> None:
         super().__init__(message, stage=stage)
         self.retryable = retryable
+
+
+# --- jobs and requests ----------------------------------------------------------------------------
+class InvalidMetadata(ConfigError):
+    """A metadata value outside its accepted range; `field` is the key as the user wrote it."""
+
+    code = "invalid_metadata"
+
+    def __init__(self, message: str, *, field: str, accepted: str) -> None:
+        super().__init__(message, stage="intake")
+        self.field = field
+        self.accepted = accepted
+
+
+class SettingsError(ConfigError):
+    """The environment does not describe a runnable service."""
+
+    code = "invalid_config"
+
+
+class Superseded(ConsumerError):
+    """A newer upload of the same model name replaced this job's; `newer_job` names its job if known."""
+
+    code = "superseded"
+
+    def __init__(self, message: str, newer_job: str | None) -> None:
+        super().__init__(message)
+        self.newer_job = newer_job
+
+
+# Codes that travel in job records and answers but are never raised.
+SLICE_LOST = "slice_lost"  # a slice's lease expired before it finished (the process died)
+SLICE_FAILED = "slice_failed"  # a slice crashed (a bug, out of memory), or failed too often in a row
+BUSY = "busy"  # another delivery or slice is handling this right now: try again later
+INVALID_REQUEST = "invalid_request"  # a POST /train body that is not a training request

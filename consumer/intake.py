@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from consumer.deliveries import Ignored, ObjectFinalized
-from consumer.jobspec import InvalidMetadata, build_job_spec, default_model_name, requested_spec
+from consumer.errors import INVALID_REQUEST, InvalidMetadata, NotFound
+from consumer.jobspec import build_job_spec, default_model_name, requested_spec
 from consumer.logs import log
 from consumer.records import JobRecord, JobRecords, SourceObject, job_id_for
 from consumer.results import ResultKind, Results, claim_announcement, mark_announced
@@ -107,10 +108,10 @@ class Intake:
         output_url = body.get("output_url")
         for name, url in (("dataset_url", dataset_url), ("output_url", output_url)):
             if url is not None and not str(url).startswith(("gs://", "file:///")):
-                return _rejected("invalid_request", f"{name} must be a gs:// or file:/// URL, got {url!r}")
+                return _rejected(INVALID_REQUEST, f"{name} must be a gs:// or file:/// URL, got {url!r}")
         info = self.store_for(dataset_url).stat(dataset_url)
         if info is None:
-            return _rejected("not_found", f"dataset_url {dataset_url} does not exist")
+            return _rejected(NotFound.code, f"dataset_url {dataset_url} does not exist")
         options = {k: v for k, v in body.items() if k not in TRAIN_LOCATION_KEYS}
         try:
             fields = requested_spec(options, object_name=info.name).fields

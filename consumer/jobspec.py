@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any, Literal
 
+from consumer.errors import InvalidMetadata
 from rvc_core.errors import ConfigError
 from rvc_core.spec import F0_METHODS, SAMPLE_RATES, VERSIONS
 
@@ -45,17 +46,6 @@ ALIASES: dict[str, MetadataKey] = {
 
 MAX_EPOCHS = 2000
 MODEL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-
-
-class InvalidMetadata(ConfigError):
-    """A metadata value outside its accepted range; `field` is the key as the user wrote it."""
-
-    code = "invalid_metadata"
-
-    def __init__(self, message: str, *, field: str, accepted: str) -> None:
-        super().__init__(message, stage="intake")
-        self.field = field
-        self.accepted = accepted
 
 
 @dataclass(frozen=True)

@@ -13,17 +13,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
-from rvc_core.errors import ConfigError
+from consumer.errors import SettingsError
 
 PRESETS: tuple[str, ...] = ("full", "tiny")
 MESSAGING_KINDS: tuple[str, ...] = ("pubsub", "local")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
-
-
-class SettingsError(ConfigError):
-    """The environment does not describe a runnable service."""
-
-    code = "invalid_config"
 
 
 def env_field(name: str, help: str, default: Any = MISSING) -> Any:

@@ -22,26 +22,27 @@ import logging
 import shutil
 import threading
 import time
-from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from consumer.errors import NotFound, PreconditionFailed
+from consumer.artifacts import publish_artifacts
+from consumer.errors import SLICE_FAILED, SLICE_LOST, NotFound, PreconditionFailed, Superseded
 from consumer.logs import log
+from consumer.mirror import WorkdirMirror
 from consumer.records import JobRecord, JobRecords, Lease, job_id_for
 from consumer.results import Results, final_kind, publish_once
+from consumer.timings import Stopwatch
 from rvc_core.errors import RvcError
 
 if TYPE_CHECKING:
     from consumer.messaging import Publisher
     from consumer.settings import Settings
-    from consumer.storage import ObjectInfo, ObjectStore
+    from consumer.storage import ObjectStore
     from rvc_core.progress import ProgressEvent
 
 logger = logging.getLogger(__name__)
-SYNC_THREADS = 8  # parallel uploads/downloads of work-dir files
 HISTORY_LENGTH = 50  # slices kept in a record's history
 
 
@@ -88,108 +89,6 @@ class WorkQueue:
         return self.publisher.publish(
             self.topic, token.encode(), {"job_id": token.job_id, "seq": str(token.seq)}
         )
-
-
-# --- the work dir, mirrored to the state bucket ---------------------------------------------------
-class WorkdirMirror:
-    """Keeps a local work dir and `<job prefix>/work/` equal, moving only what changed.
-
-    `sync.json` beside the work dir remembers each file's (size, mtime) and the generation it was
-    uploaded as, so a sync uploads only new or rewritten files and a restore downloads only files
-    another instance changed. After `restore` the local dir equals the remote one exactly: files a
-    crashed slice left behind without uploading are removed, so they cannot mix with newer state.
-    """
-
-    def __init__(self, store: ObjectStore, remote_prefix: str, local_dir: Path) -> None:
-        self.store = store
-        self.remote_prefix = remote_prefix.rstrip("/") + "/"
-        self.local_dir = local_dir
-        self.state_path = local_dir.parent / "sync.json"
-
-    def restore(self) -> int:
-        """Brings the local dir to the remote state; returns the number of files downloaded."""
-        state = self._load_state()
-        remote = {info.uri[len(self.remote_prefix) :]: info for info in self.store.list(self.remote_prefix)}
-        for rel in set(self._local_files()) - set(remote):
-            (self.local_dir / rel).unlink()
-            state.pop(rel, None)
-        wanted = []
-        for rel, info in remote.items():
-            path = self.local_dir / rel
-            known = state.get(rel)
-            if known and known["generation"] == info.generation and _matches(path, known):
-                continue
-            wanted.append((rel, info))
-
-        def fetch(item: tuple[str, ObjectInfo]) -> tuple[str, dict[str, int]]:
-            rel, info = item
-            path = self.local_dir / rel
-            got = self.store.download_file(info.uri, path)
-            return rel, _entry(path, got.generation)
-
-        with ThreadPoolExecutor(SYNC_THREADS) as pool:
-            state.update(dict(pool.map(fetch, wanted)))
-        for rel in set(state) - set(remote):
-            state.pop(rel)
-        self._save_state(state)
-        return len(wanted)
-
-    def sync(self) -> int:
-        """Uploads new and changed files, deletes remote files removed locally; returns files uploaded."""
-        state = self._load_state()
-        local = self._local_files()
-        changed = [rel for rel in local if not (rel in state and _matches(self.local_dir / rel, state[rel]))]
-
-        def push(rel: str) -> tuple[str, dict[str, int]]:
-            path = self.local_dir / rel
-            before = _entry(path, 0)
-            generation = self.store.upload_file(path, self.remote_prefix + rel)
-            return rel, {**before, "generation": generation}
-
-        with ThreadPoolExecutor(SYNC_THREADS) as pool:
-            state.update(dict(pool.map(push, changed)))
-        for rel in set(state) - set(local):
-            self.store.delete(self.remote_prefix + rel)
-            state.pop(rel)
-        self._save_state(state)
-        return len(changed)
-
-    def _local_files(self) -> list[str]:
-        if not self.local_dir.exists():
-            return []
-        return sorted(
-            p.relative_to(self.local_dir).as_posix()
-            for p in self.local_dir.rglob("*")
-            if p.is_file() and not _is_temporary(p)
-        )
-
-    def _load_state(self) -> dict[str, dict[str, int]]:
-        if not self.state_path.exists():
-            return {}
-        return json.loads(self.state_path.read_text())
-
-    def _save_state(self, state: dict[str, dict[str, int]]) -> None:
-        from rvc_core.atomic import write_json
-
-        write_json(self.state_path, state)
-
-
-def _is_temporary(path: Path) -> bool:
-    # rvc_core.atomic's temporaries (`.<name>.<random>.tmp`): a crash mid-write can leave one behind.
-    return path.name.startswith(".") and path.name.endswith(".tmp")
-
-
-def _entry(path: Path, generation: int) -> dict[str, int]:
-    st = path.stat()
-    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "generation": generation}
-
-
-def _matches(path: Path, known: Mapping[str, int]) -> bool:
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        return False
-    return st.st_size == known["size"] and st.st_mtime_ns == known["mtime_ns"]
 
 
 # --- the lease, renewed while a slice runs --------------------------------------------------------
@@ -302,19 +201,47 @@ HTTP_STATUS: dict[Outcome, int] = {
 }
 
 
+LeaseDecision = Literal["taken", "final", "stale", "ahead", "busy"]
+
+
 @dataclass(frozen=True)
 class SliceAnswer:
     outcome: Outcome
     detail: str = ""
     job_id: str | None = None
     seq: int | None = None
+    # Seconds per part of the slice (SLICE_PARTS) and "total": what was training, what was overhead.
+    timings: dict[str, float] = field(default_factory=dict)
 
     @property
     def http_status(self) -> int:
         return HTTP_STATUS[self.outcome]
 
     def as_json(self) -> dict[str, Any]:
-        return {"outcome": self.outcome, "detail": self.detail, "job_id": self.job_id, "seq": self.seq}
+        out: dict[str, Any] = {
+            "outcome": self.outcome, "detail": self.detail, "job_id": self.job_id, "seq": self.seq,
+        }  # fmt: skip
+        if self.timings:
+            out["timings"] = self.timings
+        return out
+
+
+# The parts of a slice's wall time in `SliceAnswer.timings`. Only `run_job` is training; the rest
+# (and whatever `total` holds beyond the parts) is the overhead of running in slices.
+SLICE_PARTS: dict[str, str] = {
+    "lease": "read the job record and take its lease (compare-and-swap)",
+    "newer_upload": "check for a newer upload of the same model name",
+    "dataset": "download the upload (first slice on an instance only)",
+    "restore": "bring the work dir to the state bucket's version",
+    "run_job": "rvc_core.job.run_job, less the progress publishing it called back into",
+    "progress": "publish progress results (called from inside run_job)",
+    "sync": "upload new and changed work-dir files",
+    "publish_token": "publish the next work token",
+    "advance": "advance the record (compare-and-swap)",
+    "artifacts": "upload the model files (last slice)",
+    "finalise": "final status, the final result, removing the job's work files (last slice)",
+    "failure": "count a failed slice on the record",
+}
 
 
 @dataclass
@@ -331,12 +258,6 @@ class SliceDeps:
     monotonic: Callable[[], float] = time.monotonic
 
 
-class _Superseded(Exception):
-    def __init__(self, message: str, newer_job: str | None) -> None:
-        super().__init__(message)
-        self.newer_job = newer_job
-
-
 @dataclass
 class _Slice:
     """One slice in progress: its token, the record as leased, and where it started."""
@@ -346,6 +267,7 @@ class _Slice:
     started_at: float  # seconds since the epoch
     epoch_from: int  # the epoch of the last persisted checkpoint
     deadline: float  # time.monotonic() value
+    watch: Stopwatch  # where the slice's time goes
 
     @property
     def job_id(self) -> str:
@@ -377,36 +299,41 @@ class SliceRunner:
             return SliceAnswer("shutting_down", "the instance is stopping", token.job_id, token.seq)
         if not self._busy.acquire(blocking=False):
             return SliceAnswer("busy", "this instance is running another slice", token.job_id, token.seq)
+        watch = Stopwatch()
         try:
-            answer = self._run(token, deadline=received + self.deps.settings.slice_seconds)
+            answer = self._run(token, deadline=received + self.deps.settings.slice_seconds, watch=watch)
         finally:
             self._busy.release()
+        total = round(self.deps.monotonic() - received, 6)
+        answer = replace(answer, timings={**watch.as_json(), "total": total})
         log(logger, logging.INFO, f"slice {answer.outcome}", owner=self.deps.owner, **answer.as_json())
         return answer
 
     # The slice, step by step. Each helper returns the answer when the slice ends there.
-    def _run(self, token: WorkToken, *, deadline: float) -> SliceAnswer:
+    def _run(self, token: WorkToken, *, deadline: float, watch: Stopwatch) -> SliceAnswer:
         d = self.deps
-        record = d.records.get(token.job_id)
-        if record is None:
+        try:
+            with watch.part("lease"):  # one read and one compare-and-swap write of the record
+                decision, record = self._take_lease(token)
+        except NotFound:
             return SliceAnswer("unknown_job", "no record for this job", token.job_id, token.seq)
-        if record.is_final:
+        if decision == "final":
             # Its final result may have been cut by a crash: publish it unless another delivery is.
             if publish_once(d.results, d.records, record, final_kind(record)) is None:
                 return SliceAnswer(
                     "busy", "another delivery is publishing the final result", token.job_id, token.seq
                 )
             return SliceAnswer("stale", f"job already {record.status}", token.job_id, token.seq)
-        decision, record = self._take_lease(token)
         if decision != "taken":
             return SliceAnswer(decision, _DECISION_DETAIL[decision], token.job_id, token.seq)
-        s = _Slice(token, record, d.clock(), int(record.progress.get("epoch") or 0), deadline)
+        s = _Slice(token, record, d.clock(), int(record.progress.get("epoch") or 0), deadline, watch)
         log(logger, logging.INFO, "slice started", job_id=s.job_id, seq=token.seq, owner=d.owner)
         if record.consecutive_failures >= d.settings.max_consecutive_failures:
             return self._fail(
-                s, record.error or _error(record.stage, "slice_failed", "too many failures", True)
+                s, record.error or _error(record.stage, SLICE_FAILED, "too many failures", True)
             )
-        newer = self._newer_upload(record)
+        with watch.part("newer_upload"):
+            newer = self._newer_upload(record)
         if newer is not None:
             return self._supersede(
                 s, f"a newer upload of {record.model_name} (job {newer}) replaced it", newer
@@ -414,7 +341,7 @@ class SliceRunner:
         try:
             with LeaseKeeper(d.records, s.job_id, d.owner, d.settings.lease_seconds, d.clock) as keeper:
                 return self._train(s, keeper)
-        except _Superseded as sup:
+        except Superseded as sup:
             return self._supersede(s, str(sup), sup.newer_job)
         except RvcError as err:
             if err.retryable or isinstance(err, PreconditionFailed):  # a lost CAS race: try again later
@@ -422,18 +349,20 @@ class SliceRunner:
             return self._fail(s, _error_of(err, record.stage), dataset_report=self._report(s.job_id))
         except Exception as err:  # a bug or the machine (out of memory, a dead GPU): retried, counted
             logger.exception("slice crashed", extra={"fields": {"job_id": s.job_id, "seq": token.seq}})
-            return self._count_failure(s, _error(record.stage, "slice_failed", repr(err), True))
+            return self._count_failure(s, _error(record.stage, SLICE_FAILED, repr(err), True))
 
     def _train(self, s: _Slice, keeper: LeaseKeeper) -> SliceAnswer:
         d = self.deps
         local = Path(d.settings.work_root) / s.job_id
         workdir, outdir = local / "work", local / "out"
-        dataset = self._dataset(s.record, local / "dataset.zip")
+        with s.watch.part("dataset"):
+            dataset = self._dataset(s.record, local / "dataset.zip")
         state_store = d.store_for(d.records.state_url)
         mirror = WorkdirMirror(state_store, f"{d.records.job_prefix(s.job_id)}/work", workdir)
-        mirror.restore()
+        with s.watch.part("restore"):
+            mirror.restore()
         shutil.rmtree(outdir, ignore_errors=True)
-        reporter = ProgressReporter(d.results, s.record, keeper, d.settings.progress_every_epochs)
+        reporter = ProgressReporter(d.results, s.record, keeper, d.settings.progress_every_epochs, s.watch)
         from rvc_core.job import JobEnvironment
 
         environment = JobEnvironment(
@@ -441,16 +370,23 @@ class SliceRunner:
             pretrained=d.settings.rvc_pretrained,
             device=d.settings.resolved_device(),
         )
+        started, progress_before = s.watch.clock(), s.watch.seconds("progress")
         progress = d.trainer(
             dataset, workdir, outdir, _job_spec(s.record), environment, deadline=s.deadline,
             should_stop=lambda: d.stop.is_set() or keeper.lost.is_set(), progress=reporter,
         )  # fmt: skip
+        publishing = s.watch.seconds("progress") - progress_before
+        s.watch.add("run_job", s.watch.clock() - started - publishing)
         if keeper.lost.is_set():
             return s.answer("lease_lost", "another owner took the job over")
         if progress.status == "finished":
-            artifacts = publish_artifacts(d.store_for, d.settings.models_url, s.record, progress.artifacts)
+            with s.watch.part("artifacts"):
+                artifacts = publish_artifacts(
+                    d.store_for, d.settings.models_url, s.record, progress.artifacts
+                )
             return self._succeed(s, progress, artifacts)
-        mirror.sync()
+        with s.watch.part("sync"):
+            mirror.sync()
         return self._advance(s, progress)
 
     def _dataset(self, record: JobRecord, path: Path) -> Path:
@@ -462,7 +398,7 @@ class SliceRunner:
         if info.generation != record.source.generation:
             path.unlink(missing_ok=True)
             newer = job_id_for(f"{record.source.bucket}/{record.source.name}#{info.generation}")
-            raise _Superseded(f"the upload was replaced by generation {info.generation}", newer)
+            raise Superseded(f"the upload was replaced by generation {info.generation}", newer)
         return path
 
     def _newer_upload(self, record: JobRecord) -> str | None:
@@ -473,13 +409,17 @@ class SliceRunner:
             return str(newest["job_id"])
         return None
 
-    def _take_lease(self, token: WorkToken) -> tuple[Outcome | Literal["taken"], JobRecord]:
+    def _take_lease(self, token: WorkToken) -> tuple[LeaseDecision, JobRecord]:
+        """Takes the job's lease for this token, or says why not. Raises NotFound without a record."""
         d = self.deps
-        decision: list[Outcome | Literal["taken"]] = ["stale"]
+        decision: list[LeaseDecision] = ["stale"]
 
         def take(r: JobRecord) -> bool:
             now = d.clock()
-            if r.is_final or token.seq < r.seq:
+            if r.is_final:
+                decision[0] = "final"
+                return False
+            if token.seq < r.seq:
                 decision[0] = "stale"
                 return False
             if token.seq > r.seq:
@@ -490,7 +430,7 @@ class SliceRunner:
                 return False
             if r.lease:  # expired, or ours from a slice that never released it: that slice died
                 r.consecutive_failures += 1
-                r.error = _error(r.stage, "slice_lost", f"slice {r.seq} stopped without finishing", True)
+                r.error = _error(r.stage, SLICE_LOST, f"slice {r.seq} stopped without finishing", True)
             r.lease = Lease(d.owner, now + d.settings.lease_seconds)
             r.status = "running"
             decision[0] = "taken"
@@ -503,7 +443,8 @@ class SliceRunner:
         d = self.deps
         # The next token goes out first: if this process dies now, this token is redelivered and the
         # slice re-runs; the other order could lose the job (record advanced, no token in flight).
-        d.work.publish(WorkToken(s.job_id, s.token.seq + 1))
+        with s.watch.part("publish_token"):
+            d.work.publish(WorkToken(s.job_id, s.token.seq + 1))
         advanced = [False]
 
         def advance(r: JobRecord) -> bool:
@@ -521,7 +462,8 @@ class SliceRunner:
             advanced[0] = True
             return True
 
-        d.records.update(s.job_id, advance)
+        with s.watch.part("advance"):
+            d.records.update(s.job_id, advance)
         if not advanced[0]:
             return s.answer("lease_lost", "the lease was taken over before the job advanced")
         return s.answer("advanced", f"next token {s.token.seq + 1}")
@@ -537,7 +479,7 @@ class SliceRunner:
             r.stage = "done"
             r.error = None
 
-        final = self._finalise(s.job_id, "succeeded", finish)
+        final = self._finalise(s, "succeeded", finish)
         return s.answer("finished", f"job {final.status}")
 
     def _fail(
@@ -548,22 +490,25 @@ class SliceRunner:
             r.error = error
             r.dataset_report = dataset_report or r.dataset_report
 
-        self._finalise(s.job_id, "failed", fail)
+        self._finalise(s, "failed", fail)
         return s.answer("failed", f"{error['code']}: {error['message']}")
 
     def _supersede(self, s: _Slice, message: str, newer_job: str | None) -> SliceAnswer:
         def supersede(r: JobRecord) -> None:
             s.note(r, "superseded", self.deps.clock())
-            r.error = _error(r.stage, "superseded", message, False)
+            r.error = _error(r.stage, Superseded.code, message, False)
             r.superseded_by = newer_job
 
-        self._finalise(s.job_id, "superseded", supersede)
+        self._finalise(s, "superseded", supersede)
         return s.answer("superseded", message)
 
-    def _finalise(self, job_id: str, status: str, change: Callable[[JobRecord], None]) -> JobRecord:
+    def _finalise(self, s: _Slice, status: str, change: Callable[[JobRecord], None]) -> JobRecord:
         """Moves the job to a final status (once), publishes its one final result, drops its work files."""
-        d = self.deps
+        with s.watch.part("finalise"):
+            return self._move_to_final(s.job_id, status, change)
 
+    def _move_to_final(self, job_id: str, status: str, change: Callable[[JobRecord], None]) -> JobRecord:
+        d = self.deps
         moved = [False]
 
         def apply(r: JobRecord) -> bool:
@@ -596,7 +541,8 @@ class SliceRunner:
             counted[0] = r.consecutive_failures
             return True
 
-        d.records.update(s.job_id, count)
+        with s.watch.part("failure"):
+            d.records.update(s.job_id, count)
         limit = d.settings.max_consecutive_failures
         if counted[0] >= limit:
             return self._fail(s, error)
@@ -613,11 +559,11 @@ class SliceRunner:
     def _forget_work(self, job_id: str) -> None:
         """Stage outputs and checkpoints are no use once a job is final; the record stays."""
         d = self.deps
-        shutil.rmtree(Path(d.settings.work_root) / job_id, ignore_errors=True)
+        local = Path(d.settings.work_root) / job_id
+        shutil.rmtree(local, ignore_errors=True)
         try:
             store = d.store_for(d.records.state_url)
-            for info in store.list(f"{d.records.job_prefix(job_id)}/work/"):
-                store.delete(info.uri)
+            WorkdirMirror(store, f"{d.records.job_prefix(job_id)}/work", local / "work").delete_remote()
         except Exception as err:  # leftovers cost storage, not correctness
             log(
                 logger,
@@ -640,11 +586,19 @@ class ProgressReporter:
     """rvc_core's progress callback: publishes `progress` results at each new stage and every N epochs,
     and hands the latest numbers to the lease keeper so `GET /jobs/<id>` shows them."""
 
-    def __init__(self, results: Results, record: JobRecord, keeper: LeaseKeeper, every_epochs: int) -> None:
+    def __init__(
+        self,
+        results: Results,
+        record: JobRecord,
+        keeper: LeaseKeeper,
+        every_epochs: int,
+        watch: Stopwatch | None = None,
+    ) -> None:
         self.results = results
         self.record = record
         self.keeper = keeper
         self.every_epochs = every_epochs
+        self.watch = watch or Stopwatch()
         self._last: tuple[str, int | None] | None = None
 
     def __call__(self, event: ProgressEvent) -> None:
@@ -664,7 +618,8 @@ class ProgressReporter:
         self.record.stage = event.stage
         self.record.progress = snapshot
         try:
-            self.results.publish("progress", self.record, extra_id=f"{event.stage}.{event.epoch or 0}")
+            with self.watch.part("progress"):
+                self.results.publish("progress", self.record, extra_id=f"{event.stage}.{event.epoch or 0}")
         except Exception as err:  # progress is informative; a failed publish must not stop training
             log(
                 logger, logging.WARNING, "progress publish failed", job_id=self.record.job_id, error=repr(err)
@@ -676,79 +631,6 @@ class ProgressReporter:
         if event.epoch is None or event.epoch == self._last[1]:
             return False
         return event.epoch % self.every_epochs == 0 or event.epoch == event.epochs
-
-
-# --- artifacts ------------------------------------------------------------------------------------
-def publish_artifacts(
-    store_for: Callable[[str], ObjectStore], models_url: str, record: JobRecord, files: Mapping[str, Path]
-) -> dict[str, str]:
-    """Uploads the model files to `MODELS/<model>/<job_id>/`, points `MODELS/<model>/latest.json` at
-    them unless a newer upload already succeeded, and writes the `/train` caller's `output_url`."""
-    base = f"{models_url}/{record.model_name}/{record.job_id}"
-    store = store_for(models_url)
-    uris: dict[str, str] = {}
-    for kind, path in sorted(files.items()):
-        uri = f"{base}/{Path(path).name}"
-        store.upload_file(Path(path), uri, content_type=_CONTENT_TYPES.get(Path(path).suffix))
-        uris[kind] = uri
-    _point_latest(store, f"{models_url}/{record.model_name}/latest.json", record, uris)
-    if record.output_url:
-        uris.update(_copy_to_output(store_for(record.output_url), record.output_url, files))
-    return uris
-
-
-_CONTENT_TYPES: dict[str, str] = {
-    ".zip": "application/zip",
-    ".json": "application/json",
-    ".wav": "audio/wav",
-    ".png": "image/png",
-    ".pth": "application/octet-stream",
-    ".index": "application/octet-stream",
-}
-
-
-def _point_latest(store: ObjectStore, uri: str, record: JobRecord, artifacts: dict[str, str]) -> None:
-    payload = json.dumps(
-        {
-            "job_id": record.job_id,
-            "generation": record.source.generation,
-            "source": record.source.uri,
-            "artifacts": artifacts,
-        },
-        indent=2,
-        sort_keys=True,
-    ).encode()
-    for _ in range(10):
-        try:
-            data, generation = store.read_bytes(uri)
-            current = json.loads(data)
-            if (int(current.get("generation", 0)), current.get("job_id", "")) > (
-                record.source.generation,
-                record.job_id,
-            ):
-                return
-        except NotFound:
-            generation = 0
-        try:
-            store.write_bytes(uri, payload, if_generation_match=generation, content_type="application/json")
-            return
-        except PreconditionFailed:
-            continue
-
-
-def _copy_to_output(store: ObjectStore, output_url: str, files: Mapping[str, Path]) -> dict[str, str]:
-    """`…/name.zip` receives the model zip; any other URL is a folder receiving every file."""
-    if output_url.lower().endswith(".zip"):
-        if "zip" not in files:
-            return {}
-        store.upload_file(Path(files["zip"]), output_url, content_type="application/zip")
-        return {"output": output_url}
-    folder = output_url.rstrip("/")
-    for path in files.values():
-        store.upload_file(
-            Path(path), f"{folder}/{Path(path).name}", content_type=_CONTENT_TYPES.get(Path(path).suffix)
-        )
-    return {"output": folder + "/"}
 
 
 # --- small helpers ----------------------------------------------------------------------------------

@@ -15,6 +15,11 @@ from typing import Any
 import numpy as np
 
 
+def default_file_mode() -> int:
+    """The mode a plain `open(..., "w")` would give a new file (0666 under the umask)."""
+    return 0o666 & ~_umask()
+
+
 @functools.cache
 def _umask() -> int:
     # Reading the umask means setting it; do it once per process rather than on every write.
@@ -34,7 +39,7 @@ def atomic_path(target: Path) -> Iterator[Path]:
     try:
         yield tmp
         # mkstemp makes 0600 files; outputs get the usual permissions under the caller's umask.
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, default_file_mode())
         os.replace(tmp, target)
     finally:
         if tmp.exists():

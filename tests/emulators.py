@@ -2,9 +2,12 @@
 
 Registered for every test module through `pytest_plugins` in conftest.py. Servers bind free
 loopback ports, start once per session (`pubsub_emulator`, `fake_gcs`) and are always stopped,
-whole process groups included, even when a test fails. A server that cannot start is an error,
-never a skip. Also here: fault-injecting proxies for storage (HTTP 503s on demand) and for Pub/Sub
-(a connection cut), and the environment the real gcloud CLI needs to talk to the emulators.
+whole process groups included, even when a test fails. They also die with the test run when it is
+killed outright (a timeout's SIGKILL): `consumer.processes.spawn` arms the kernel's parent-death
+signal, and the emulator's java is started directly, not as a grandchild behind gcloud. A server
+that cannot start is an error, never a skip. Also here: fault-injecting proxies for storage (HTTP
+503s on demand) and for Pub/Sub (a connection cut), and the environment the real gcloud CLI needs
+to talk to the emulators.
 
 Facts observed with these servers (gcloud 528, emulator 0.8.20, fake-gcs-server in the wheel 0.1.1):
 - fake-gcs-server notifications match EVENTS.md §2 except: the object `id` has `#` before the
@@ -16,6 +19,9 @@ Facts observed with these servers (gcloud 528, emulator 0.8.20, fake-gcs-server 
 - The emulator ignores subscription filters: every subscription on a topic gets every message.
   The session's fake-gcs-server notifies for all buckets, so filter on `bucketId` yourself (or
   start a dedicated server with `running_fake_gcs(..., event_bucket=...)`).
+- With a retry policy, the emulator stops redelivering a subscription's messages once several are
+  in backoff at once; without one it redelivers a failed push about every second. Push
+  subscriptions in tests (and the dev stack) therefore have none.
 """
 
 from __future__ import annotations
@@ -36,8 +42,9 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from consumer.devstack import ManagedProcess, free_port, gcloud_env, start_fake_gcs, start_pubsub_emulator
+from consumer.devstack import gcloud_env
 from consumer.messaging.admin import ensure_topic
+from consumer.processes import ManagedProcess, free_port, start_fake_gcs, start_pubsub_emulator
 
 PROJECT = "rvc-test"
 NOTIFICATION_TOPIC = "gcs-notifications"
@@ -66,9 +73,7 @@ class FakeGcs:
 @contextlib.contextmanager
 def running_pubsub_emulator(log_dir: Path, *, project: str = PROJECT) -> Iterator[PubSubEmulator]:
     port = free_port()
-    process = start_pubsub_emulator(
-        project=project, port=port, data_dir=log_dir / "pubsub-data", log_path=log_dir / "pubsub-emulator.log"
-    )
+    process = start_pubsub_emulator(port=port, log_path=log_dir / "pubsub-emulator.log")
     try:
         yield PubSubEmulator(host=f"127.0.0.1:{port}", project=project, process=process)
     finally:

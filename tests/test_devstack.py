@@ -1,23 +1,29 @@
-"""`python -m consumer dev`: the local stack, driven the way a user drives it, with the real gcloud CLI."""
+"""`python -m consumer dev`: the local stack, driven the way a user drives it, with the real gcloud CLI;
+and the emulator processes, which must never outlive whatever started them."""
 
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlsplit
 from urllib.request import urlopen
 
 import pytest
 
+from consumer.devstack import DevStack, DevStackConfig
 from rvc_core.testing import simple_dataset_zip
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -93,8 +99,11 @@ def port_is_open(url_or_host: str) -> bool:
         return sock.connect_ex((parts.hostname or "", parts.port or 0)) == 0
 
 
-def pull_until(stack: RunningDevStack, config_dir: Path, wanted: str, timeout: float = 40.0) -> list[dict]:
-    """Pulls the results subscription with gcloud until an event of type `…wanted` arrives."""
+def pull_until(
+    stack: RunningDevStack, config_dir: Path, wanted: str, timeout: float = 40.0, *, model_name: str = ""
+) -> list[dict]:
+    """Pulls the results subscription with gcloud until an event of type `…wanted` (of `model_name`,
+    if given) arrives."""
     seen: list[dict] = []
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -103,10 +112,15 @@ def pull_until(stack: RunningDevStack, config_dir: Path, wanted: str, timeout: f
             "--auto-ack", "--limit=20", "--format=json", config_dir=config_dir,
         )  # fmt: skip
         seen += [entry["message"] for entry in json.loads(out or "[]")]
-        if any(m["attributes"].get("ce-type", "").endswith(wanted) for m in seen):
+        if any(_is_event(m["attributes"], wanted, model_name) for m in seen):
             return seen
         time.sleep(0.5)
     raise AssertionError(f"no {wanted} event within {timeout} s; got {[m['attributes'] for m in seen]}")
+
+
+def _is_event(attributes: dict[str, str], wanted: str, model_name: str) -> bool:
+    of_model = not model_name or attributes.get("model_name") == model_name
+    return attributes.get("ce-type", "").endswith(wanted) and of_model
 
 
 def test_env_file_names_everything_a_user_needs_on_loopback(dev_stack: RunningDevStack) -> None:
@@ -149,6 +163,49 @@ def test_gcloud_upload_to_the_inbox_becomes_a_job_at_the_service(
     assert (record["model_name"], record["spec"]["epochs"]) == ("alice", 1)
 
 
+def test_events_are_answered_while_a_slice_runs(dev_stack: RunningDevStack, tmp_path: Path) -> None:
+    voice = simple_dataset_zip(tmp_path / "long.zip", files=2, seconds=3.0)
+    config_dir = tmp_path / "gcloud-config"
+    metadata = "--custom-metadata=model-name=long,epochs=30"  # one slice of many seconds
+    dev_stack.gcloud("storage", "cp", metadata, str(voice), dev_stack.env["INBOX_URL"], config_dir=config_dir)
+    events = pull_until(dev_stack, config_dir, ".accepted", model_name="long")
+    job_id = next(m["attributes"]["job_id"] for m in events if m["attributes"]["model_name"] == "long")
+    service = dev_stack.env["SERVICE_URL"]
+    lease = wait_for(lambda: get_json(f"{service}/jobs/{job_id}")["lease"], timeout=120)
+
+    started = time.monotonic()
+    status = post(service, "/events", b"{not a delivery")
+    answered_in = time.monotonic() - started
+
+    assert status == 200 and answered_in < 2.0
+    assert get_json(f"{service}/jobs/{job_id}")["lease"] == lease, "the slice ended before /events answered"
+
+
+def get_json(url: str) -> dict:
+    with urlopen(url, timeout=5) as response:
+        return json.loads(response.read())
+
+
+def post(base_url: str, path: str, body: bytes) -> int:
+    parts = urlsplit(base_url)
+    conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=30)
+    try:
+        conn.request("POST", path, body=body, headers={"Content-Type": "application/json"})
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
+def wait_for(value: Callable[[], object], *, timeout: float, every: float = 0.1) -> object:
+    """The first truthy `value()`, polled every `every` seconds; fails the test after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if found := value():
+            return found
+        time.sleep(every)
+    raise AssertionError(f"still false after {timeout} s")
+
+
 def test_interrupt_stops_everything_it_started(tmp_path: Path) -> None:
     stack = start_dev_stack(tmp_path)
     try:
@@ -160,3 +217,123 @@ def test_interrupt_stops_everything_it_started(tmp_path: Path) -> None:
             os.killpg(stack.process.pid, signal.SIGKILL)
     assert not any(port_is_open(e) for e in endpoints)
     assert not stack.env_file.exists()  # no stale file pointing at servers that are gone
+
+
+# --- redelivery on the emulator ------------------------------------------------------------------------
+class FlakyEndpoint:
+    """A push endpoint answering 503 to the first `failures` deliveries of each message, then 204."""
+
+    def __init__(self, failures: int) -> None:
+        self.deliveries: Counter[str] = Counter()
+        self.acked: set[str] = set()
+        lock = threading.Lock()
+        endpoint = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                envelope = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+                message_id = envelope["message"]["messageId"]
+                with lock:
+                    endpoint.deliveries[message_id] += 1
+                    ok = endpoint.deliveries[message_id] > failures
+                    if ok:
+                        endpoint.acked.add(message_id)
+                self.send_response(204 if ok else 503)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def test_several_failed_work_pushes_are_all_redelivered(tmp_path: Path) -> None:
+    from google.pubsub_v1 import PubsubMessage
+
+    from consumer.messaging import topic_path
+    from consumer.messaging.admin import publisher_admin
+
+    endpoint = FlakyEndpoint(failures=3)
+    stack = DevStack(DevStackConfig(service=False, external_service_url=endpoint.url), log_dir=tmp_path)
+    try:
+        env = stack.start()
+        client = publisher_admin(env["PUBSUB_EMULATOR_HOST"])
+        try:
+            topic = topic_path(stack.config.project, stack.config.work_topic)
+            messages = [PubsubMessage(data=f"token {i}".encode()) for i in range(5)]
+            ids = client.publish(topic=topic, messages=messages, timeout=10).message_ids
+        finally:
+            client.transport.close()
+        deadline = time.monotonic() + 30
+        while endpoint.acked != set(ids) and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        stack.stop()
+        endpoint.close()
+    assert endpoint.acked == set(ids), f"deliveries per message: {dict(endpoint.deliveries)}"
+
+
+# --- nothing outlives its starter ------------------------------------------------------------------------
+def process_is_gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/status").read_text().split("State:")[1].split()[0]
+    except FileNotFoundError:
+        return True
+    return state == "Z"  # dead, waiting for init to reap it
+
+
+FIXTURE_USER = """
+import json, sys, time
+from pathlib import Path
+from tests.emulators import running_fake_gcs, running_pubsub_emulator
+logs = Path(sys.argv[1])
+with running_pubsub_emulator(logs) as emulator, running_fake_gcs(
+    logs, emulator=emulator, notification_topic="gcs-notifications"
+) as gcs:
+    pids = [emulator.process.popen.pid, gcs.process.popen.pid]
+    print(json.dumps({"pids": pids, "endpoints": [emulator.host, gcs.url]}), flush=True)
+    time.sleep(300)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the kernel's parent-death signal")
+def test_emulators_die_with_a_killed_test_run(tmp_path: Path) -> None:
+    user = subprocess.Popen(
+        [sys.executable, "-c", FIXTURE_USER, str(tmp_path)],
+        cwd=REPO_ROOT,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert user.stdout is not None
+        started = json.loads(user.stdout.readline())
+        assert all(port_is_open(e) for e in started["endpoints"])
+    finally:
+        user.kill()  # SIGKILL: no finally block, no atexit, no fixture teardown runs
+        user.wait()
+    wait_for(lambda: all(process_is_gone(pid) for pid in started["pids"]), timeout=10)
+    # A killed multi-threaded server shows as a zombie before its last thread has closed its sockets.
+    wait_for(lambda: not any(port_is_open(e) for e in started["endpoints"]), timeout=10)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the kernel's parent-death signal")
+def test_killed_dev_stack_leaves_nothing_running(tmp_path: Path) -> None:
+    stack = start_dev_stack(tmp_path)
+    endpoints = [stack.env[k] for k in ("PUBSUB_EMULATOR_HOST", "STORAGE_EMULATOR_HOST", "SERVICE_URL")]
+    os.kill(stack.process.pid, signal.SIGKILL)  # the dev command only, not its process group
+    stack.process.wait()
+    wait_for(lambda: not any(port_is_open(e) for e in endpoints), timeout=15)

@@ -30,7 +30,7 @@ from typing import Any
 
 import pytest
 
-from consumer.devstack import ManagedProcess, create_buckets, free_port, spawn, wait_until_ready
+from consumer.devstack import create_buckets
 from consumer.messaging.admin import (
     SubscriptionSpec,
     ensure_subscription,
@@ -38,6 +38,7 @@ from consumer.messaging.admin import (
     pull,
     subscriber_admin,
 )
+from consumer.processes import ManagedProcess, free_port, spawn, wait_until_ready
 from consumer.results import ReceivedResult, read_result
 from rvc_core.testing import simple_dataset_zip
 from tests.emulators import (
@@ -587,3 +588,42 @@ def test_logs_are_json_with_severity_and_the_request_trace(tmp_path: Path) -> No
     ignored = [e for e in entries if e.get("message", "").startswith("delivery ignored")]
     assert ignored and ignored[0]["severity"] == "WARNING"
     assert ignored[0]["logging.googleapis.com/trace"] == "projects/my-proj/traces/0af7651916cd43dd"
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+    return found
+
+
+def is_dead(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the kernel's parent-death signal")
+def test_worker_of_a_killed_service_does_not_live_on(tmp_path: Path) -> None:
+    env = {
+        "STATE_BUCKET": f"file://{tmp_path / 'state'}", "MODELS_BUCKET": f"file://{tmp_path / 'models'}",
+        "MESSAGING": "local", "WORK_ROOT": str(tmp_path / "scratch"),
+    }  # fmt: skip
+    service = Service("orphan", env, tmp_path / "service.log").start(timeout=60)
+    assert service.process is not None
+    master = service.process.popen.pid
+    [worker] = children_of(master)
+    os.kill(worker, signal.SIGSTOP)  # as busy as a worker deep in a slice: it cannot notice anything
+    try:
+        os.kill(master, signal.SIGKILL)
+        service.process.popen.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while not is_dead(worker) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert is_dead(worker)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(worker, signal.SIGKILL)

@@ -15,8 +15,9 @@ import pytest
 from consumer.demo import LocalStack
 from consumer.errors import TransientStorageError
 from consumer.jobspec import build_job_spec
+from consumer.mirror import WorkdirMirror
 from consumer.records import JobRecord, Lease, SourceObject, job_id_for
-from consumer.slices import WorkdirMirror, WorkToken
+from consumer.slices import WorkToken
 from consumer.storage import open_store
 from rvc_core.testing import simple_dataset_zip
 from tests.factories_consumer import FakeTrainer
@@ -402,6 +403,54 @@ def test_another_instance_resumes_from_the_uploaded_work_dir(tmp_path: Path, dat
     assert [c.resumed_epoch for c in second_trainer.calls] == [2]
 
 
+# --- where a slice's time goes ------------------------------------------------------------------------
+OVERHEAD_PARTS_OF_A_SLICE = ("lease", "newer_upload", "restore", "sync", "publish_token", "advance")
+
+
+def test_work_answer_splits_a_slice_into_training_and_overhead(tmp_path: Path, dataset: Path) -> None:
+    stack = make_stack(tmp_path / "stack", FakeTrainer(epochs_per_call=2, seconds_per_epoch=0.1))
+    job_id = accept_only(stack, dataset, {"epochs": "5"})
+    timings = post_token(stack, job_id, 0).get_json()["timings"]
+    assert set(OVERHEAD_PARTS_OF_A_SLICE) <= timings.keys()
+    assert 0.2 <= timings["run_job"] < timings["total"]
+    assert sum(v for k, v in timings.items() if k != "total") <= timings["total"]
+
+
+def test_progress_publishing_counts_as_overhead_not_training(tmp_path: Path, dataset: Path) -> None:
+    stack = make_stack(tmp_path / "stack", FakeTrainer(epochs_per_call=3), PROGRESS_EVERY_EPOCHS="1")
+    job_id = accept_only(stack, dataset, {"epochs": "5"})
+    publish = stack.bus.publish
+
+    def slow_results(topic: str, data: bytes, attributes: Any) -> str:
+        if "results" in topic:
+            time.sleep(0.1)
+        return publish(topic, data, attributes)
+
+    stack.services.slices.deps.results.publisher.publish = slow_results  # type: ignore[method-assign]
+    timings = post_token(stack, job_id, 0).get_json()["timings"]
+    assert timings["progress"] >= 0.5  # extract, features and three epochs, 0.1 s each
+    assert timings["run_job"] < 0.2
+
+
+def test_last_slice_reports_the_model_upload_and_finalisation(tmp_path: Path, dataset: Path) -> None:
+    stack = make_stack(tmp_path / "stack", FakeTrainer(epochs_per_call=10))
+    job_id = accept_only(stack, dataset, {"epochs": "2"})
+    answer = post_token(stack, job_id, 0).get_json()
+    assert answer["outcome"] == "finished"
+    assert {"artifacts", "finalise"} <= answer["timings"].keys() and "sync" not in answer["timings"]
+
+
+def test_finished_job_leaves_its_record_but_no_work_files(tmp_path: Path, dataset: Path) -> None:
+    stack = make_stack(tmp_path / "stack", FakeTrainer(epochs_per_call=1))
+    stack.upload(dataset, "datasets/alice.zip", {"epochs": "3"})
+    stack.run(timeout=60)
+    job_id = only_job(stack)
+    store = open_store(stack.settings.state_url)
+    names = [info.uri.rsplit("/jobs/", 1)[1] for info in store.list(f"{stack.settings.state_url}/jobs/")]
+    assert names == [f"{job_id}/job.json"]
+    assert not (tmp_path / "stack" / "scratch" / job_id).exists()
+
+
 # --- the work-dir mirror ------------------------------------------------------------------------------
 def test_sync_uploads_only_new_or_changed_files(tmp_path: Path) -> None:
     store = open_store(f"file://{tmp_path / 'state'}")
@@ -430,6 +479,32 @@ def test_restore_matches_the_remote_state_exactly(tmp_path: Path) -> None:
     WorkdirMirror(store, remote, target).restore()
     assert sorted(p.name for p in target.rglob("*") if p.is_file()) == ["ckpt.json"]
     assert (target / "ckpt.json").read_text() == "5"
+
+
+def test_restore_on_the_instance_that_synced_downloads_nothing(tmp_path: Path) -> None:
+    store = open_store(f"file://{tmp_path / 'state'}")
+    work = tmp_path / "local" / "work"
+    work.mkdir(parents=True)
+    (work / "features.npy").write_bytes(b"0" * 1000)
+    (work / "ckpt.json").write_text("1")
+    mirror = WorkdirMirror(store, f"file://{tmp_path / 'state'}/jobs/x/work", work)
+    mirror.sync()
+    assert mirror.restore() == 0
+
+
+def test_restore_downloads_only_what_another_instance_changed(tmp_path: Path) -> None:
+    store = open_store(f"file://{tmp_path / 'state'}")
+    remote = f"file://{tmp_path / 'state'}/jobs/x/work"
+    here, there = tmp_path / "a" / "work", tmp_path / "b" / "work"
+    here.mkdir(parents=True)
+    (here / "features.npy").write_bytes(b"0" * 1000)
+    (here / "ckpt.json").write_text("1")
+    WorkdirMirror(store, remote, here).sync()
+    WorkdirMirror(store, remote, there).restore()
+    (there / "ckpt.json").write_text("22")
+    WorkdirMirror(store, remote, there).sync()
+    assert WorkdirMirror(store, remote, here).restore() == 1
+    assert (here / "ckpt.json").read_text() == "22"
 
 
 def test_sync_removes_remote_files_deleted_locally(tmp_path: Path) -> None:

@@ -362,3 +362,14 @@ def test_storage_client_is_created_once_and_lazily() -> None:
     assert calls == []
     assert store.client is store.client
     assert calls == [1]
+
+
+def test_local_objects_are_readable_by_others_like_any_written_file(tmp_path: Path) -> None:
+    store = open_store(f"file://{tmp_path}")
+    store.write_bytes(f"file://{tmp_path}/models/alice/alice.pth", b"weights")
+    src = tmp_path / "local.bin"
+    src.write_bytes(b"x")
+    store.upload_file(src, f"file://{tmp_path}/models/alice/report.json")
+    expected = src.stat().st_mode & 0o777  # what a plain open() gives under this umask
+    for name in ("alice.pth", "report.json"):
+        assert (tmp_path / "models" / "alice" / name).stat().st_mode & 0o777 == expected

@@ -6,20 +6,21 @@ from __future__ import annotations
 from flask import Response, jsonify, request, url_for
 
 from consumer import Services
+from consumer.errors import BUSY, INVALID_REQUEST, NotFound
 
-REJECTION_STATUS: dict[str, int] = {"not_found": 404}
+REJECTION_STATUS: dict[str, int] = {NotFound.code: 404}
 
 
 def handle(services: Services) -> tuple[Response, int]:
     body = request.get_json(silent=True)
     if not isinstance(body, dict) or not body.get("dataset_url"):
         message = "the body must be a JSON object with at least dataset_url"
-        return jsonify(error={"code": "invalid_request", "message": message}), 400
+        return jsonify(error={"code": INVALID_REQUEST, "message": message}), 400
     result = services.intake.accept_request(body)
     if result.outcome == "rejected":
-        error = result.error or {"code": "invalid_request", "message": result.reason}
+        error = result.error or {"code": INVALID_REQUEST, "message": result.reason}
         return jsonify(error=error), REJECTION_STATUS.get(str(error.get("code")), 400)
     if result.outcome == "busy":
-        return jsonify(error={"code": "busy", "message": result.reason}), 503
+        return jsonify(error={"code": BUSY, "message": result.reason}), 503
     status_url = url_for("job", job_id=result.job_id, _external=False)
     return jsonify(job_id=result.job_id, status_url=status_url, outcome=result.outcome), 202

@@ -30,6 +30,7 @@ from urllib.parse import quote, unquote, urlsplit
 
 from consumer.errors import NotFound, PreconditionFailed
 from consumer.storage import ObjectInfo
+from rvc_core.atomic import default_file_mode
 
 RESERVED_PREFIX = ".objstore-"
 
@@ -138,6 +139,7 @@ class LocalStore:
             try:
                 with os.fdopen(fd, "wb") as fh:
                     fill(fh)
+                os.chmod(tmp_name, default_file_mode())  # mkstemp's 0600 would hide models from others
                 os.utime(tmp_name, ns=(generation, generation))
                 generation = os.stat(tmp_name).st_mtime_ns  # what the filesystem kept is what readers see
                 if generation == current:
@@ -232,6 +234,7 @@ class LocalStore:
             try:
                 with os.fdopen(fd, "wb") as dst:
                     shutil.copyfileobj(src, dst, 1 << 20)
+                os.chmod(tmp_name, default_file_mode())
                 os.replace(tmp_name, path)
             finally:
                 if os.path.exists(tmp_name):

@@ -1,0 +1,88 @@
+"""A finished job's model files → `MODELS/<model>/<job_id>/…`, `MODELS/<model>/latest.json` and the
+`/train` caller's `output_url`."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from consumer.errors import NotFound, PreconditionFailed
+
+if TYPE_CHECKING:
+    from consumer.records import JobRecord
+    from consumer.storage import ObjectStore
+
+CONTENT_TYPES: dict[str, str] = {
+    ".zip": "application/zip",
+    ".json": "application/json",
+    ".wav": "audio/wav",
+    ".png": "image/png",
+    ".pth": "application/octet-stream",
+    ".index": "application/octet-stream",
+}
+LATEST_ATTEMPTS = 10  # compare-and-swap tries on latest.json before leaving it to the newer writer
+
+
+def publish_artifacts(
+    store_for: Callable[[str], ObjectStore], models_url: str, record: JobRecord, files: Mapping[str, Path]
+) -> dict[str, str]:
+    """Uploads the model files to `MODELS/<model>/<job_id>/`, points `MODELS/<model>/latest.json` at
+    them unless a newer upload already succeeded, and writes the `/train` caller's `output_url`."""
+    base = f"{models_url}/{record.model_name}/{record.job_id}"
+    store = store_for(models_url)
+    uris: dict[str, str] = {}
+    for kind, path in sorted(files.items()):
+        uri = f"{base}/{Path(path).name}"
+        store.upload_file(Path(path), uri, content_type=CONTENT_TYPES.get(Path(path).suffix))
+        uris[kind] = uri
+    point_latest(store, f"{models_url}/{record.model_name}/latest.json", record, uris)
+    if record.output_url:
+        uris.update(copy_to_output(store_for(record.output_url), record.output_url, files))
+    return uris
+
+
+def point_latest(store: ObjectStore, uri: str, record: JobRecord, artifacts: dict[str, str]) -> None:
+    """Points `latest.json` at this job's artifacts unless it names a newer upload already."""
+    payload = json.dumps(
+        {
+            "job_id": record.job_id,
+            "generation": record.source.generation,
+            "source": record.source.uri,
+            "artifacts": artifacts,
+        },
+        indent=2,
+        sort_keys=True,
+    ).encode()
+    for _ in range(LATEST_ATTEMPTS):
+        try:
+            data, generation = store.read_bytes(uri)
+            current = json.loads(data)
+            if (int(current.get("generation", 0)), current.get("job_id", "")) > (
+                record.source.generation,
+                record.job_id,
+            ):
+                return
+        except NotFound:
+            generation = 0
+        try:
+            store.write_bytes(uri, payload, if_generation_match=generation, content_type="application/json")
+            return
+        except PreconditionFailed:
+            continue
+
+
+def copy_to_output(store: ObjectStore, output_url: str, files: Mapping[str, Path]) -> dict[str, str]:
+    """`…/name.zip` receives the model zip; any other URL is a folder receiving every file."""
+    if output_url.lower().endswith(".zip"):
+        if "zip" not in files:
+            return {}
+        store.upload_file(Path(files["zip"]), output_url, content_type="application/zip")
+        return {"output": output_url}
+    folder = output_url.rstrip("/")
+    for path in files.values():
+        store.upload_file(
+            Path(path), f"{folder}/{Path(path).name}", content_type=CONTENT_TYPES.get(Path(path).suffix)
+        )
+    return {"output": folder + "/"}

@@ -1,0 +1,49 @@
+"""Child processes that cannot outlive their parent, however the parent dies (SIGKILL included).
+
+Linux's `prctl(PR_SET_PDEATHSIG, SIGKILL)` asks the kernel to kill a process when its parent goes.
+It survives `exec` (unless the program is set-user-ID), so a launcher script that `exec`s its real
+server passes it on. The signal follows the *thread* that forked the child: start children from a
+thread that lives as long as they should (the main thread). Elsewhere than Linux these do nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from collections.abc import Callable
+
+PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+def _prctl() -> Callable[..., int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    return ctypes.CDLL(None, use_errno=True).prctl
+
+
+def die_with_parent() -> Callable[[], None] | None:
+    """A `subprocess.Popen(preexec_fn=…)` that arms the death signal in the child (None off Linux)."""
+    prctl = _prctl()  # resolved before the fork: the child only calls it
+    if prctl is None:
+        return None
+    parent = os.getpid()
+
+    def arm() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died between fork and prctl: nobody would signal us
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return arm
+
+
+def die_with_parent_now(expected_parent: int) -> None:
+    """Arms the death signal in this process (e.g. a freshly forked gunicorn worker)."""
+    prctl = _prctl()
+    if prctl is None:
+        return
+    prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != expected_parent:
+        os.kill(os.getpid(), signal.SIGKILL)
