@@ -16,7 +16,7 @@ from rvc_core.spec import MODEL_SHAPES
 from rvc_core.testing import simple_dataset_zip
 
 REPO = Path(__file__).resolve().parents[1]
-MANIFEST = Path(__file__).resolve().parents[2] / "shared" / "spec" / "rvc_state_dicts" / "G_v2_40k_f0.tsv"
+MANIFEST = Path(__file__).resolve().parent / "fixtures" / "rvc_state_dicts" / "G_v2_40k_f0.tsv"
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
