@@ -25,6 +25,7 @@ VERSION = "v2"
 SAMPLE_RATE = 40000  # Hz
 SEGMENT_SECONDS = 3.7  # RVC's default segment length
 ITEMS = 64  # segments in the synthetic dataset
+LEARNING_RATE = 1e-4  # TrainConfig's default
 
 
 def synthetic_dataset(device: str, items: int, seed: int = 0) -> Any:
@@ -75,7 +76,7 @@ def run(preset: str, batch_size: int, steps: int, warmup: int, device: str) -> d
 
     from rvc_core.models import build_discriminator, build_generator
     from rvc_core.spec import SPECTROGRAMS, TRAINING_SEGMENT_SAMPLES
-    from rvc_core.train.config import ADAMW_BETAS, ADAMW_EPS
+    from rvc_core.train.loop import adamw
     from rvc_core.train.precision import GuardedStepper, choose_precision
     from rvc_core.train.step import Trainee, train_step
 
@@ -83,11 +84,8 @@ def run(preset: str, batch_size: int, steps: int, warmup: int, device: str) -> d
     g = build_generator(VERSION, SAMPLE_RATE, preset=preset).to(device).train()
     d = build_discriminator(VERSION, preset=preset).to(device).train()
     g_params, d_params = list(g.parameters()), list(d.parameters())
-
-    def adamw(params: list[torch.Tensor]) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(params, lr=1e-4, betas=ADAMW_BETAS, eps=ADAMW_EPS, fused=True)
-
-    trainee = Trainee(g, d, adamw(g_params), adamw(d_params), g_params, d_params)
+    optim_g, optim_d = adamw(g_params, LEARNING_RATE), adamw(d_params, LEARNING_RATE)
+    trainee = Trainee(g, d, optim_g, optim_d, g_params, d_params)
     precision = choose_precision(device)
     stepper = GuardedStepper(precision, device)
     data = synthetic_dataset(device, max(ITEMS, batch_size))

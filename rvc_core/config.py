@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from rvc_core.errors import ConfigError
@@ -46,7 +46,3 @@ def config_hash(obj: Any) -> str:
     """A short stable hash of a dataclass (or dict) of plain values."""
     payload = asdict(obj) if hasattr(obj, "__dataclass_fields__") else obj
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def field_help(cls: type) -> dict[str, str]:
-    return {f.name: f.metadata.get("help", "") for f in fields(cls)}

@@ -7,7 +7,6 @@ stops at a clean point and returns `status="paused"`; the service runs it once p
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import zipfile
@@ -17,15 +16,16 @@ from pathlib import Path
 from typing import Any
 
 from rvc_core.assets import AssetStore
-from rvc_core.atomic import atomic_path, write_json
+from rvc_core.atomic import atomic_path
 from rvc_core.config import PrepareConfig
 from rvc_core.errors import ConfigError
 from rvc_core.progress import ProgressCallback
+from rvc_core.spec import PRESETS
+from rvc_core.train.config import EXPORT_CHOICES
 
 log = logging.getLogger(__name__)
 
 MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-EXPORT_CHOICES = ("best", "final")
 
 
 def sanitise_model_name(raw: str) -> str:
@@ -58,7 +58,7 @@ class JobSpec:
             raise ConfigError(f"batch_size must be between 1 and 256, got {self.batch_size}")
         if self.save_every is not None and self.save_every < 1:
             raise ConfigError(f"save_every must be at least 1, got {self.save_every}")
-        if self.preset not in ("full", "tiny"):
+        if self.preset not in PRESETS:
             raise ConfigError(f"preset must be full or tiny, got {self.preset!r}")
         if self.export not in EXPORT_CHOICES:
             raise ConfigError(f"export must be best or final, got {self.export!r}")
@@ -119,9 +119,7 @@ def run_job(
     environ = environ or {}
     assets = AssetStore.from_option(env.assets, environ)
     prepared = prepare_stage(dataset_zip, Path(workdir), spec, env, assets, emit)
-    trained = train_stage(
-        prepared, Path(workdir), Path(outdir), spec, env, deadline, should_stop, emit, environ
-    )
+    trained = train_stage(Path(workdir), spec, env, deadline, should_stop, emit, environ)
     if trained.status != "finished":
         last = trained.history[-1].losses if trained.history else {}
         return JobProgress(
@@ -142,11 +140,3 @@ def write_model_zip(out: Path, members: list[Path]) -> Path:
         for m in members:
             zf.write(m, arcname=m.name)
     return out
-
-
-def load_job_summary(outdir: Path) -> dict[str, Any]:
-    return json.loads((Path(outdir) / "report.json").read_text())
-
-
-def save_summary(path: Path, data: dict[str, Any]) -> None:
-    write_json(path, data)

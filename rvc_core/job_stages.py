@@ -5,9 +5,7 @@ Every output is written atomically, so re-running `finish_job` after a crash sim
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -96,9 +94,7 @@ def train_config(spec: JobSpec, env: JobEnvironment, environ: Mapping[str, str])
 
 
 def train_stage(
-    prepared: PreparedDataset,
     workdir: Path,
-    outdir: Path,
     spec: JobSpec,
     env: JobEnvironment,
     deadline: float | None,
@@ -218,13 +214,18 @@ def _plain(d: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def load_trained_generator(spec: JobSpec, trained: TrainResult) -> Any:
+    assert trained.generator_weights is not None
+    return load_generator(spec, trained.generator_weights)
+
+
+def load_generator(spec: JobSpec, weights: Path) -> Any:
+    """The job's generator architecture with the state dict saved at `weights`, in eval mode."""
     import torch
 
     from rvc_core.models import build_generator
 
     generator = build_generator(spec.version, spec.sample_rate, f0=True, preset=spec.preset)
-    assert trained.generator_weights is not None
-    generator.load_state_dict(torch.load(trained.generator_weights, map_location="cpu", weights_only=True))
+    generator.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     return generator.eval()
 
 
@@ -250,19 +251,15 @@ def export_periodic(
     spec: JobSpec, trained: TrainResult, outdir: Path, dataset_seconds: float
 ) -> dict[int, Path]:
     """`<name>_e<epoch>.pth` for every `--save-every` snapshot the trainer kept."""
-    import torch
-
-    from rvc_core.models import build_generator
-
     out: dict[int, Path] = {}
     ckpt_dir = trained.checkpoint.parent
     for snapshot in sorted(ckpt_dir.glob("generator_e*.pt")):
         epoch = int(snapshot.stem.removeprefix("generator_e"))
         target = outdir / f"{spec.model_name}_e{epoch}.pth"
         if not target.exists():
-            g = build_generator(spec.version, spec.sample_rate, f0=True, preset=spec.preset)
-            g.load_state_dict(torch.load(snapshot, map_location="cpu", weights_only=True))
-            export_model(g, target, spec, epoch, 0, dataset_seconds, trained.speakers)
+            export_model(
+                load_generator(spec, snapshot), target, spec, epoch, 0, dataset_seconds, trained.speakers
+            )
         out[epoch] = target
     return out
 
@@ -285,18 +282,20 @@ def write_preview(
     features = np.load(wd.features_dir / f"{segment_id}.npy")
     f0 = np.load(wd.f0_dir / f"{segment_id}.npy")
     speaker = int(segment_id.split("_", 1)[0])
-    audio = convert(
-        generator.to(device),
-        features,
-        f0,
-        index=RetrievalIndex.load(index_path),
-        # The held-out segment's own frames are in the index (RVC indexes every frame): skip them so
-        # the preview shows retrieval from the training data.
-        exclude_exact=True,
-        speaker_id=speaker,
-        device=device,
-    )
-    generator.to("cpu")
+    try:
+        audio = convert(
+            generator.to(device),
+            features,
+            f0,
+            index=RetrievalIndex.load(index_path),
+            # The held-out segment's own frames are in the index (RVC indexes every frame): skip them
+            # so the preview shows retrieval from the training data.
+            exclude_exact=True,
+            speaker_id=speaker,
+            device=device,
+        )
+    finally:
+        generator.to("cpu")  # give the device memory back even when conversion fails
     write_wav_float32(out, audio, spec.sample_rate)
     return out
 
@@ -345,7 +344,3 @@ def write_report_plot(
         voiced,
         f"{spec.model_name} — {spec.version} {sample_rate_label(spec.sample_rate)}",
     )
-
-
-def job_summary(path: Path) -> dict[str, Any]:
-    return json.loads(Path(path).read_text()) if os.path.exists(path) else {}

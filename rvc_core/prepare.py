@@ -29,12 +29,12 @@ from rvc_core.preprocess import FileStats, Segment, preprocess_all
 from rvc_core.preprocess.records import REJECT_UNDECODABLE, reason_code
 from rvc_core.progress import ProgressCallback, ProgressEvent, progress_bar
 from rvc_core.report import MIN_USABLE_SECONDS, DatasetReport, build_report, report_from_json
+from rvc_core.spec import SPEAKER_SLOTS
 
 log = logging.getLogger(__name__)
 
 # Audio per model call in the pitch and feature stages: bounded so memory stays flat.
 BATCH_SECONDS = 60.0
-SPEAKER_SLOTS = 109  # rows of the generator's speaker embedding (spk_embed_dim)
 
 
 @dataclass(frozen=True)
@@ -229,12 +229,11 @@ def _run_per_segment(
     compute: Callable[[list[np.ndarray]], list[list[np.ndarray]]],
     emit: ProgressCallback,
 ) -> None:
-    """Shared loop of the pitch and feature stages: only segments whose outputs are missing are
-    computed (so an interrupted stage resumes), in length-sorted batches, each output atomic."""
+    """Shared loop of the pitch and feature stages (the callers skip a finished stage before loading
+    their model): only segments whose outputs are missing are computed (so an interrupted stage
+    resumes), in length-sorted batches, each output atomic."""
     from rvc_core.audio_io import read_wav_float32
 
-    if wd.is_done(stage):
-        return
     todo = [s for s in segments if not all(p.exists() for p in outputs(s))]
     emit(
         ProgressEvent(

@@ -11,6 +11,8 @@ F0Method = Literal["rmvpe", "crepe", "crepe-tiny", "pm", "harvest"]
 SAMPLE_RATES: tuple[int, ...] = (32000, 40000, 48000)  # Hz
 VERSIONS: tuple[str, ...] = ("v2", "v1")
 F0_METHODS: tuple[str, ...] = ("rmvpe", "crepe", "crepe-tiny", "pm", "harvest")
+# Network sizes: "full" is RVC's; "tiny" keeps the architecture and names with small widths (CPU tests).
+PRESETS: tuple[str, ...] = ("full", "tiny")
 
 # Pitch and features run on a 16 kHz copy; pitch has hop 160 (100 frames/s), features 320 (50 frames/s).
 FEATURE_SAMPLE_RATE = 16000  # Hz
@@ -20,6 +22,7 @@ FEATURE_WINDOW = 400  # samples at 16 kHz
 F0_MIN = 50.0  # Hz
 F0_MAX = 1100.0  # Hz
 PITCH_BINS = 256  # rows of emb_pitch; ids 1..255
+SPEAKER_SLOTS = 109  # rows of the generator's speaker embedding (spk_embed_dim): speaker ids 0..108
 
 # Preprocessing (RVC WebUI's numbers).
 HIGHPASS_HZ = 48.0
@@ -112,7 +115,7 @@ def _shape(
         upsample_rates=upsample_rates,
         upsample_initial_channel=512,
         upsample_kernel_sizes=upsample_kernels,
-        spk_embed_dim=109,
+        spk_embed_dim=SPEAKER_SLOTS,
         gin_channels=256,
         sampling_rate=sr,
     )

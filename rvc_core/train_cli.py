@@ -8,7 +8,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from rvc_core.errors import RvcError
+from rvc_core.errors import ConfigError, RvcError
 from rvc_core.spec import F0_METHODS, SAMPLE_RATES, VERSIONS
 
 
@@ -45,8 +45,6 @@ def cmd_train(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     work = args.work or args.out / "work"
     try:
         if work.exists() and any(work.iterdir()) and not args.resume:
-            from rvc_core.errors import ConfigError
-
             raise ConfigError(
                 f"{work} already holds a run: pass --resume to continue it, or use another --out"
             )

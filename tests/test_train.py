@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
+import math
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -248,6 +249,16 @@ def test_nonfinite_loss_steps_are_skipped_without_touching_the_weights(
     initial = build_generator("v2", 32000, preset="tiny").state_dict()
     assert_same_weights(torch.load(tmp_path / "generator_e1.pt", weights_only=True), initial)
     assert all(torch.isfinite(t).all() for t in final_generator(tmp_path).values())
+
+
+def test_a_skipped_step_leaves_the_epoch_mean_losses_finite(
+    workdir: FakeWorkDir, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    nan_mel_loss(1, monkeypatch)  # only the first step
+    result = train(workdir.root, dataclasses.replace(BASE, epochs=1), ckpt_dir=tmp_path, device="cpu")
+    (epoch,) = result.history
+    assert epoch.steps == STEPS_PER_EPOCH - 1
+    assert all(math.isfinite(v) for v in epoch.losses.values())
 
 
 def test_training_fails_after_too_many_nonfinite_steps_in_a_row(

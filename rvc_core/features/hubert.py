@@ -51,10 +51,6 @@ class HubertArch:
             jump *= stride
         return span
 
-    def frames(self, n_samples: int) -> int:
-        """Output frames for `n_samples` of input: (n - window) // hop + 1, or 0 when too short."""
-        return 0 if n_samples < self.window else (n_samples - self.window) // self.hop + 1
-
 
 # A stand-in for `--assets none`: the real convolution strides (identical frame counts) and the real
 # 768/256 output widths (real downstream shapes), but narrow convolutions and only two layers.

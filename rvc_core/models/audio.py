@@ -53,25 +53,26 @@ def linear_spectrogram(audio: Tensor, spec: SpectrogramSpec) -> Tensor:
         return torch.sqrt(stft.real.pow(2) + stft.imag.pow(2) + MAGNITUDE_EPS)
 
 
+# Slaney's mel scale (librosa's default, htk=False): linear below 1 kHz, logarithmic above.
+_SLANEY_HZ_PER_MEL = 200.0 / 3  # slope of the linear part
+_SLANEY_MIN_LOG_HZ = 1000.0
+_SLANEY_MIN_LOG_MEL = _SLANEY_MIN_LOG_HZ / _SLANEY_HZ_PER_MEL
+_SLANEY_LOG_STEP = math.log(6.4) / 27.0
+
+
 def _hz_to_slaney_mel(hz: Tensor) -> Tensor:
-    """Slaney's mel scale (librosa's default, htk=False): linear below 1 kHz, logarithmic above."""
-    f_sp = 200.0 / 3
-    min_log_hz = 1000.0
-    min_log_mel = min_log_hz / f_sp
-    logstep = math.log(6.4) / 27.0
-    linear = hz / f_sp
-    log = min_log_mel + torch.log(torch.clamp(hz, min=min_log_hz) / min_log_hz) / logstep
-    return torch.where(hz >= min_log_hz, log, linear)
+    linear = hz / _SLANEY_HZ_PER_MEL
+    log = (
+        _SLANEY_MIN_LOG_MEL
+        + torch.log(torch.clamp(hz, min=_SLANEY_MIN_LOG_HZ) / _SLANEY_MIN_LOG_HZ) / _SLANEY_LOG_STEP
+    )
+    return torch.where(hz >= _SLANEY_MIN_LOG_HZ, log, linear)
 
 
 def _slaney_mel_to_hz(mel: Tensor) -> Tensor:
-    f_sp = 200.0 / 3
-    min_log_hz = 1000.0
-    min_log_mel = min_log_hz / f_sp
-    logstep = math.log(6.4) / 27.0
-    linear = mel * f_sp
-    log = min_log_hz * torch.exp(logstep * (mel - min_log_mel))
-    return torch.where(mel >= min_log_mel, log, linear)
+    linear = mel * _SLANEY_HZ_PER_MEL
+    log = _SLANEY_MIN_LOG_HZ * torch.exp(_SLANEY_LOG_STEP * (mel - _SLANEY_MIN_LOG_MEL))
+    return torch.where(mel >= _SLANEY_MIN_LOG_MEL, log, linear)
 
 
 def mel_filterbank(spec: SpectrogramSpec) -> Tensor:

@@ -7,9 +7,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from rvc_core.errors import ConfigError
-from rvc_core.spec import MODEL_SHAPES, SPECTROGRAMS, TRAINING_SEGMENT_SAMPLES, VERSIONS, ModelShape
-
-PRESETS: tuple[str, ...] = ("full", "tiny")
+from rvc_core.spec import MODEL_SHAPES, PRESETS, SPECTROGRAMS, TRAINING_SEGMENT_SAMPLES, VERSIONS, ModelShape
 
 # Periods of the period discriminators, per RVC version.
 DISCRIMINATOR_PERIODS: dict[str, tuple[int, ...]] = {

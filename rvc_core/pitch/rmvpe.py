@@ -77,9 +77,7 @@ class LogMel:
 
         half = N_FFT // 2
         # numpy's reflect works for clips shorter than the pad, where torch's refuses.
-        padded = [
-            np.pad(c, half, mode="reflect") if c.size > 1 else np.zeros(N_FFT, np.float32) for c in clips
-        ]
+        padded = [np.pad(c, half, mode="reflect") if c.size > 1 else _silence() for c in clips]
         width = max(p.size for p in padded)
         audio = np.zeros((len(clips), width), dtype=np.float32)
         for row, p in zip(audio, padded, strict=True):

@@ -35,6 +35,7 @@ from rvc_core.preprocess.segmenter import ChunkPlan, plan_chunks
 from rvc_core.preprocess.slicer import SlicerParams, slice_ranges
 from rvc_core.preprocess.stats import AudioStats, StatsAccumulator
 from rvc_core.preprocess.writer import ChunkCutter, SegmentWriter
+from rvc_core.spec import SLICER_THRESHOLD_DB
 
 if TYPE_CHECKING:
     from rvc_core.intake import SourceFile
@@ -102,8 +103,9 @@ def preprocess_all(
         }
         try:
             for future in as_completed(futures):
-                out[futures[future]] = future.result()
-                report(future.result())
+                stats = future.result()
+                out[futures[future]] = stats
+                report(stats)
         except BaseException:
             pool.shutdown(wait=True, cancel_futures=True)
             raise
@@ -237,7 +239,9 @@ def _rejection(analysis: _Analysis, writer: SegmentWriter) -> str | None:
     if not analysis.stats.finite:
         return reason(REJECT_NON_FINITE, "the file contains NaN or infinite samples")
     if analysis.silent or not writer.dropped:
-        return reason(REJECT_ONLY_SILENCE, "nothing rises above the -42 dB silence threshold")
+        return reason(
+            REJECT_ONLY_SILENCE, f"nothing rises above the {SLICER_THRESHOLD_DB:g} dB silence threshold"
+        )
     return reason(REJECT_ALL_CHUNKS_DROPPED, f"all {len(writer.dropped)} chunk(s) were dropped (see dropped)")
 
 

@@ -18,9 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from rvc_core.errors import ConfigError
-from rvc_core.spec import SAMPLE_RATES, VERSIONS
+from rvc_core.spec import PRESETS, SAMPLE_RATES, VERSIONS
 
-PRESETS: tuple[str, ...] = ("full", "tiny")
 EXPORT_CHOICES: tuple[str, ...] = ("best", "final")
 
 # RVC.md §5: the optimiser and schedule every RVC model is trained with.

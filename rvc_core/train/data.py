@@ -4,7 +4,8 @@ Everything is loaded once. Features are repeated ×2 in time (50 → 100 frames/
 features, pitch, spectrogram and audio are trimmed to the shortest, as RVC does (RVC.md §4–5).
 Linear and mel spectrograms are computed once at load on the training device (milliseconds per
 segment on a GPU), so nothing is cached on disk. The tensors stay on the GPU when they fit
-(`RESIDENT_SHARE` of free memory); otherwise in pinned host memory, copied per batch without a sync.
+(`RESIDENT_SHARE` of free memory); otherwise in host memory, each batch assembled in pinned memory
+and copied to the GPU without a sync.
 """
 
 from __future__ import annotations

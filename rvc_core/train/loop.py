@@ -1,8 +1,8 @@
 """`train`: the epoch loop around `step.train_step`, with pausing, resuming, validation and recovery.
 
 Host syncs, all documented: one per logging interval (losses, grad norms and the skip counters in
-one read), one small read every `max_nonfinite_steps` steps when that is shorter (the lazy
-non-finite check: a skipped step costs no sync, and a run of skips is caught within one interval),
+one read), one small read at every `max_nonfinite_steps`-th step that is not a logging step (the
+lazy non-finite check: a skipped step costs no sync, and a run of skips is caught within one interval),
 and one per epoch (the epoch's mean losses with the validation loss). Nothing is read per step.
 
 Resume: the checkpoint holds the batches left in the current epoch, so a run paused mid-epoch
@@ -136,8 +136,8 @@ class _Run:
         self.trainee = step_module.Trainee(
             generator=generator,
             discriminator=discriminator,
-            optim_g=_adamw(g_params, config.learning_rate),
-            optim_d=_adamw(d_params, config.learning_rate),
+            optim_g=adamw(g_params, config.learning_rate),
+            optim_d=adamw(d_params, config.learning_rate),
             g_params=g_params,
             d_params=d_params,
         )
@@ -229,12 +229,13 @@ class _Run:
         from rvc_core.train.progress import TrainingMonitor
 
         state, config = self.state, self.config
-        batches_per_epoch = math.ceil(len(self.train_set) / state.batch_size)
         monitor = TrainingMonitor(
             callback=self.progress,
             tensorboard_dir=config.tensorboard_dir,
             show_bar=config.progress_bar,
-            total_steps=state.step + batches_per_epoch * (config.epochs - state.epoch) - state.batches_done,
+            total_steps=state.step
+            + self._batches_per_epoch() * (config.epochs - state.epoch)
+            - state.batches_done,
             initial_step=state.step,
         )
         try:
@@ -297,10 +298,12 @@ class _Run:
         state.remaining.pop(0)
         state.batches_done += 1
         state.step += 1
+        # A skipped step adds nothing (its losses may be NaN, and NaN * 0 is still NaN).
         applied = result.finite.float()
-        self._epoch_sums += result.losses.nan_to_num(0.0, 0.0, 0.0) * applied
+        contribution = result.losses.where(result.finite, 0.0)
+        self._epoch_sums += contribution
         self._epoch_count += applied
-        self._interval_sums += result.losses.nan_to_num(0.0, 0.0, 0.0) * applied
+        self._interval_sums += contribution
         self._interval_count += applied
         if result.grad_norms is not None:
             self._grad_norms = result.grad_norms
@@ -401,7 +404,11 @@ class _Run:
             return sum(self._epoch_durations) / len(self._epoch_durations)
         if self._step_seconds is None:
             return None
-        return self._step_seconds * math.ceil(len(self.train_set) / self.state.batch_size)
+        return self._step_seconds * self._batches_per_epoch()
+
+    def _batches_per_epoch(self) -> int:
+        """At the current batch size (it shrinks after an out-of-memory step)."""
+        return math.ceil(len(self.train_set) / self.state.batch_size)
 
     def _finish_epoch(self, monitor: TrainingMonitor) -> None:
         import torch
@@ -454,9 +461,7 @@ class _Run:
             {**summary.losses, "validation_mel": summary.validation_mel},
             message=f"epoch {state.epoch} done",
         )
-        monitor.set_total_steps(
-            state.step + math.ceil(len(self.train_set) / state.batch_size) * (config.epochs - state.epoch)
-        )
+        monitor.set_total_steps(state.step + self._batches_per_epoch() * (config.epochs - state.epoch))
         epoch_took = self._epoch_durations[-1]
         due = monotonic() - self._last_save_at >= config.checkpoint_every_seconds
         if state.epoch < config.epochs and (
@@ -536,7 +541,7 @@ class _Run:
         )
 
 
-def _adamw(params: list[torch.Tensor], learning_rate: float) -> torch.optim.Optimizer:
+def adamw(params: list[torch.Tensor], learning_rate: float) -> torch.optim.Optimizer:
     """RVC's AdamW (weight decay left at torch's default 0.01, as RVC does). Fused kernels: fewer
     launches, and they can skip a step on the device (see `precision.py`)."""
     import torch

@@ -89,14 +89,15 @@ class GuardedStepper:
         overflowed."""
         import torch
 
-        skip = (~loss_ok).float()
+        loss_bad = (~loss_ok).float()
+        skip = loss_bad
         if self.uses_scale:
             grads = [p.grad for p in params if p.grad is not None]
             found_inf = torch.zeros((), device=self.device)
             torch._amp_foreach_non_finite_check_and_unscale_(grads, found_inf, self._scale.reciprocal())
             self._overflow = torch.maximum(self._overflow, found_inf * loss_ok.float())
-            skip = torch.maximum(skip, found_inf)
-        self._step_skipped = torch.maximum(self._step_skipped, (~loss_ok).float())
+            skip = torch.maximum(loss_bad, found_inf)
+        self._step_skipped = torch.maximum(self._step_skipped, loss_bad)
         if getattr(optimizer, "_step_supports_amp_scaling", False):
             optimizer.found_inf = skip  # type: ignore[attr-defined]
             optimizer.grad_scale = None  # type: ignore[attr-defined]
