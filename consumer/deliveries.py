@@ -17,6 +17,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from consumer.records import source_key
+
 EventKind = Literal["finalized", "deleted", "archived", "metadata_updated"]
 
 # Every event type name we know, from each delivery family, → one kind. Only "finalized" starts a job.
@@ -82,7 +84,7 @@ class ObjectFinalized:
     @property
     def source_key(self) -> str:
         """`bucket/object#generation`: the identity of one upload."""
-        return f"{self.bucket}/{self.name}#{self.generation}"
+        return source_key(self.bucket, self.name, self.generation)
 
 
 @dataclass(frozen=True)

@@ -32,10 +32,10 @@ from typing import Any
 from consumer.processes import (
     ManagedProcess,
     free_port,
+    ready_or_stopped,
     spawn,
     start_fake_gcs,
     start_pubsub_emulator,
-    wait_until_ready,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -260,12 +260,7 @@ def start_service(
     service_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
     cmd = [sys.executable, "-m", "consumer", "serve", "--threads", str(threads)]
     process = spawn("service", cmd, env=service_env, log_path=log_path, cwd=REPO_ROOT)
-    try:
-        wait_until_ready(f"http://127.0.0.1:{port}/healthz", process, timeout=timeout)
-    except BaseException:
-        process.stop()
-        raise
-    return process
+    return ready_or_stopped(process, f"http://127.0.0.1:{port}/healthz", timeout=timeout)
 
 
 # --- the command ----------------------------------------------------------------------------------
@@ -274,10 +269,9 @@ def env_text(env: Mapping[str, str]) -> str:
 
 
 def write_env_file(path: Path, env: Mapping[str, str]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(env_text(env))
-    os.replace(tmp, path)  # appears complete or not at all: scripts wait for it as the ready signal
+    from rvc_core.atomic import write_text
+
+    write_text(path, env_text(env))  # appears complete or not at all: scripts wait for it as the ready signal
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -19,13 +19,13 @@ from consumer.deliveries import Ignored, ObjectFinalized
 from consumer.errors import INVALID_REQUEST, InvalidMetadata, NotFound
 from consumer.jobspec import build_job_spec, default_model_name, requested_spec
 from consumer.logs import log
-from consumer.records import JobRecord, JobRecords, SourceObject, job_id_for
+from consumer.records import JobRecord, JobRecords, SourceObject, job_id_for, source_key
 from consumer.results import ResultKind, Results, claim_announcement, mark_announced
 from consumer.slices import WorkQueue, WorkToken
 
 if TYPE_CHECKING:
     from consumer.settings import Settings
-    from consumer.storage import ObjectInfo, ObjectStore
+    from consumer.storage import ObjectStore
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ class Intake:
             return IntakeResult("rejected", reason=err.message, error=err.as_dict())
         # The same request for the same object generation is the same job; other options, another job.
         request_key = json.dumps({"spec": _spec_dict(spec), "output_url": output_url}, sort_keys=True)
-        job_id = job_id_for(f"{_source_key(info)}|train|{request_key}")
+        job_id = job_id_for(f"{source_key(info.bucket, info.name, info.generation)}|train|{request_key}")
         source = SourceObject(uri=dataset_url, bucket=info.bucket, name=info.name, generation=info.generation)
         return self._open(job_id, source, options, output_url=None if output_url is None else str(output_url))
 
@@ -199,10 +199,6 @@ def _spec_dict(spec: Any) -> dict[str, Any]:
     from dataclasses import asdict
 
     return asdict(spec)
-
-
-def _source_key(info: ObjectInfo) -> str:
-    return f"{info.bucket}/{info.name}#{info.generation}"
 
 
 def _model_name_hint(metadata: Mapping[str, Any], object_name: str) -> str:

@@ -103,6 +103,17 @@ def wait_until_ready(url: str, process: ManagedProcess, *, timeout: float) -> No
     raise RuntimeError(f"{process.name} did not answer {url} within {timeout:.0f} s:\n{process.log_tail()}")
 
 
+def ready_or_stopped(process: ManagedProcess, url: str, *, timeout: float) -> ManagedProcess:
+    """Returns `process` once `url` answers 200; if it never does, stops it (nothing half-started
+    lingers) and re-raises."""
+    try:
+        wait_until_ready(url, process, timeout=timeout)
+    except BaseException:
+        process.stop()
+        raise
+    return process
+
+
 def start_pubsub_emulator(*, port: int, log_path: Path, timeout: float = 90.0) -> ManagedProcess:
     """The official emulator on 127.0.0.1:`port` (any project id works with it); returns once it answers.
 
@@ -110,12 +121,7 @@ def start_pubsub_emulator(*, port: int, log_path: Path, timeout: float = 90.0) -
     with `--host` and `--port`. The script `exec`s java, so java is our direct child and dies with us."""
     cmd = [str(pubsub_emulator_launcher()), "--host=127.0.0.1", f"--port={port}"]
     process = spawn("pubsub-emulator", cmd, env=os.environ, log_path=log_path)
-    try:
-        wait_until_ready(f"http://127.0.0.1:{port}/", process, timeout=timeout)
-    except BaseException:
-        process.stop()
-        raise
-    return process
+    return ready_or_stopped(process, f"http://127.0.0.1:{port}/", timeout=timeout)
 
 
 def pubsub_emulator_launcher() -> Path:
@@ -197,9 +203,4 @@ def start_fake_gcs(
             cmd += ["-event.bucket", event_bucket]
         env["PUBSUB_EMULATOR_HOST"] = pubsub_host
     process = spawn("fake-gcs-server", cmd, env=env, log_path=log_path)
-    try:
-        wait_until_ready(f"{url}/storage/v1/b", process, timeout=timeout)
-    except BaseException:
-        process.stop()
-        raise
-    return process
+    return ready_or_stopped(process, f"{url}/storage/v1/b", timeout=timeout)

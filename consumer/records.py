@@ -25,6 +25,11 @@ FINAL_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "superseded"}
 CAS_ATTEMPTS = 20
 
 
+def source_key(bucket: str, name: str, generation: int) -> str:
+    """`bucket/object#generation`: the identity of one upload, hashed by `job_id_for`."""
+    return f"{bucket}/{name}#{generation}"
+
+
 def job_id_for(source_key: str) -> str:
     """Short stable id of one upload (`bucket/object#generation`): the same upload, the same job."""
     return hashlib.sha256(source_key.encode("utf-8")).hexdigest()[:16]

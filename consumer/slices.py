@@ -31,7 +31,7 @@ from consumer.artifacts import publish_artifacts
 from consumer.errors import SLICE_FAILED, SLICE_LOST, NotFound, PreconditionFailed, Superseded
 from consumer.logs import log
 from consumer.mirror import WorkdirMirror
-from consumer.records import JobRecord, JobRecords, Lease, job_id_for
+from consumer.records import JobRecord, JobRecords, Lease, job_id_for, source_key
 from consumer.results import Results, final_kind, publish_once
 from consumer.timings import Stopwatch
 from rvc_core.errors import RvcError
@@ -353,7 +353,7 @@ class SliceRunner:
 
     def _train(self, s: _Slice, keeper: LeaseKeeper) -> SliceAnswer:
         d = self.deps
-        local = Path(d.settings.work_root) / s.job_id
+        local = self._local_dir(s.job_id)
         workdir, outdir = local / "work", local / "out"
         with s.watch.part("dataset"):
             dataset = self._dataset(s.record, local / "dataset.zip")
@@ -397,7 +397,7 @@ class SliceRunner:
         info = self.deps.store_for(record.source.uri).download_file(record.source.uri, path)
         if info.generation != record.source.generation:
             path.unlink(missing_ok=True)
-            newer = job_id_for(f"{record.source.bucket}/{record.source.name}#{info.generation}")
+            newer = job_id_for(source_key(record.source.bucket, record.source.name, info.generation))
             raise Superseded(f"the upload was replaced by generation {info.generation}", newer)
         return path
 
@@ -548,18 +548,23 @@ class SliceRunner:
             return self._fail(s, error)
         return s.answer("retry", f"{error['code']}: {error['message']} (failure {counted[0]} of {limit})")
 
+    def _local_dir(self, job_id: str) -> Path:
+        """This instance's scratch folder of one job: the upload, `work/`, `out/` and `sync.json`."""
+        return Path(self.deps.settings.work_root) / job_id
+
     def _report(self, job_id: str) -> dict[str, Any] | None:
         """The dataset report rvc_core writes even when it rejects a dataset."""
-        path = Path(self.deps.settings.work_root) / job_id / "work" / "report.json"
+        from rvc_core.layout import WorkDir
+
         try:
-            return json.loads(path.read_text())
+            return json.loads(WorkDir(self._local_dir(job_id) / "work").report.read_text())
         except (OSError, ValueError):
             return None
 
     def _forget_work(self, job_id: str) -> None:
         """Stage outputs and checkpoints are no use once a job is final; the record stays."""
         d = self.deps
-        local = Path(d.settings.work_root) / job_id
+        local = self._local_dir(job_id)
         shutil.rmtree(local, ignore_errors=True)
         try:
             store = d.store_for(d.records.state_url)
@@ -602,15 +607,7 @@ class ProgressReporter:
         self._last: tuple[str, int | None] | None = None
 
     def __call__(self, event: ProgressEvent) -> None:
-        snapshot = {
-            "stage": event.stage,
-            "epoch": event.epoch,
-            "epochs": event.epochs,
-            "step": event.step,
-            "losses": dict(event.losses),
-            "eta_seconds": event.eta_seconds,
-            "message": event.message,
-        }
+        snapshot = {**_progress_of(event), "message": event.message}
         self.keeper.note_progress(event.stage, snapshot)
         if not self._worth_publishing(event):
             return
@@ -641,6 +638,7 @@ def _job_spec(record: JobRecord) -> Any:
 
 
 def _progress_of(progress: Any) -> dict[str, Any]:
+    """The numbers of a `ProgressEvent` or a `JobProgress`, as the record's `progress` keeps them."""
     return {
         "stage": progress.stage,
         "epoch": progress.epoch,

@@ -446,6 +446,7 @@ def test_job_id_matches_the_services() -> None:
         ({"model-name": "alice"}, "datasets/voice.zip"),
         ({"Model_Name": "bob"}, "datasets/voice.zip"),
         ({"name": "bad name!"}, "datasets/My Voice (2).zip"),
+        ({"name": "carol", "model": "dave"}, "datasets/voice.zip"),
         ({}, "datasets/deep/nested/carol.ZIP"),
         ({"epochs": "10"}, "datasets/..zip"),
     ],
@@ -454,6 +455,13 @@ def test_model_name_hint_matches_the_services(metadata: dict[str, str], name: st
     from consumer.intake import _model_name_hint
 
     assert fn.model_name_hint(metadata, name) == _model_name_hint(metadata, name)
+
+
+def test_model_name_keys_match_the_services_aliases() -> None:
+    from consumer.jobspec import ALIASES
+
+    service_keys = {key for key, target in ALIASES.items() if target == "model_name"}
+    assert service_keys == fn.MODEL_NAME_KEYS
 
 
 @pytest.mark.parametrize(

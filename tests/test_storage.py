@@ -143,6 +143,15 @@ def test_file_round_trip_through_upload_and_download(bucket: Bucket, tmp_path: P
     assert (info.generation, info.size) == (generation, source.stat().st_size)
 
 
+def test_downloaded_file_is_readable_by_others_like_any_written_file(bucket: Bucket, tmp_path: Path) -> None:
+    source = tmp_path / "model.pth"
+    source.write_bytes(b"weights")
+    bucket.store.upload_file(source, bucket.uri("models/alice/alice.pth"))
+    target = tmp_path / "out" / "alice.pth"
+    bucket.store.download_file(bucket.uri("models/alice/alice.pth"), target)
+    assert target.stat().st_mode & 0o777 == source.stat().st_mode & 0o777  # a plain open()'s mode
+
+
 def _increment_with_cas(store: ObjectStore, uri: str, times: int) -> None:
     """Adds 1 to a counter object `times` times, re-reading after every lost race."""
     for _ in range(times):
@@ -373,3 +382,13 @@ def test_local_objects_are_readable_by_others_like_any_written_file(tmp_path: Pa
     expected = src.stat().st_mode & 0o777  # what a plain open() gives under this umask
     for name in ("alice.pth", "report.json"):
         assert (tmp_path / "models" / "alice" / name).stat().st_mode & 0o777 == expected
+
+
+def test_local_object_metadata_is_readable_by_others_like_its_data(tmp_path: Path) -> None:
+    store = open_store(f"file://{tmp_path}")
+    uri = f"file://{tmp_path}/models/alice/alice.pth"
+    store.write_bytes(uri, b"weights", metadata={"epochs": "2"})
+    data_mode = (tmp_path / "models" / "alice" / "alice.pth").stat().st_mode & 0o777
+    bookkeeping = [p for p in (tmp_path / "models" / "alice").iterdir() if p.name.endswith(".meta.json")]
+    assert bookkeeping
+    assert all(p.stat().st_mode & 0o777 == data_mode for p in bookkeeping)

@@ -29,6 +29,13 @@ class PushRequest(NamedTuple):
     body: bytes
 
 
+def check_attributes(attributes: Mapping[str, object]) -> None:
+    """Raises TypeError unless every attribute value is a string (Pub/Sub rejects anything else)."""
+    bad = [key for key, value in attributes.items() if not isinstance(value, str)]
+    if bad:
+        raise TypeError(f"Pub/Sub attributes must be strings: {', '.join(sorted(bad))}")
+
+
 def topic_path(project: str, topic: str) -> str:
     return topic if topic.startswith("projects/") else f"projects/{project}/topics/{topic}"
 

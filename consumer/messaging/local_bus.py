@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from consumer.messaging import PushRequest, subscription_path, topic_path
+from consumer.messaging import PushRequest, check_attributes, subscription_path, topic_path
 
 log = logging.getLogger(__name__)
 
@@ -120,9 +120,7 @@ class LocalBus:
         return path
 
     def publish(self, topic: str, data: bytes, attributes: Mapping[str, str]) -> str:
-        bad = [key for key, value in attributes.items() if not isinstance(value, str)]
-        if bad:
-            raise TypeError(f"Pub/Sub attributes must be strings: {', '.join(sorted(bad))}")
+        check_attributes(attributes)
         topic = topic_path(self.project, topic)
         message = LocalMessage(
             message_id=str(next(self._ids)),

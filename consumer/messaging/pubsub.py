@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from consumer.errors import PublishFailed
-from consumer.messaging import topic_path
+from consumer.messaging import check_attributes, topic_path
 from consumer.retry import PUBLISH_POLICY, RetryPolicy, call_with_retry, is_transient
 
 # gRPC's reconnect backoff grows to 120 s by default: after a short outage the channel would keep
@@ -71,9 +71,7 @@ class PubSubPublisher:
         from google.pubsub_v1 import PubsubMessage
 
         path = topic_path(self.project, topic)
-        bad = [key for key, value in attributes.items() if not isinstance(value, str)]
-        if bad:
-            raise TypeError(f"Pub/Sub attributes must be strings: {', '.join(sorted(bad))}")
+        check_attributes(attributes)
         message = PubsubMessage(data=data, attributes=dict(attributes))
 
         def once(timeout: float) -> str:

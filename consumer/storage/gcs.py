@@ -10,7 +10,6 @@ import base64
 import contextlib
 import hashlib
 import os
-import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 from consumer.errors import NotFound, PreconditionFailed, StorageError, TransientStorageError
 from consumer.retry import STORAGE_POLICY, RetryPolicy, call_with_retry, http_status, is_transient
 from consumer.storage import ObjectInfo
+from rvc_core.atomic import atomic_path
 
 
 def parse_gs_uri(uri: str) -> tuple[str, str]:
@@ -218,7 +218,6 @@ class GcsStore:
 
     def download_file(self, uri: str, path: Path) -> ObjectInfo:
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         for _ in range(3):  # an overwrite between stat and download removes the pinned generation
             info = self.stat(uri)
             if info is None:
@@ -232,15 +231,11 @@ class GcsStore:
 
     def _download_generation(self, uri: str, generation: int, path: Path) -> None:
         def once(timeout: float) -> None:
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-            os.close(fd)
-            try:
+            with atomic_path(path) as tmp:
                 # Pinned to the generation stat saw, so data and info always describe one version.
-                self._blob(uri, generation=generation).download_to_filename(tmp, timeout=timeout, retry=None)
-                os.replace(tmp, path)
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
+                self._blob(uri, generation=generation).download_to_filename(
+                    str(tmp), timeout=timeout, retry=None
+                )
 
         self._call(once, what="download", uri=uri)
 

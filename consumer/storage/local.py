@@ -30,7 +30,7 @@ from urllib.parse import quote, unquote, urlsplit
 
 from consumer.errors import NotFound, PreconditionFailed
 from consumer.storage import ObjectInfo
-from rvc_core.atomic import default_file_mode
+from rvc_core.atomic import atomic_path, default_file_mode
 
 RESERVED_PREFIX = ".objstore-"
 
@@ -162,6 +162,7 @@ class LocalStore:
         fd, tmp_name = tempfile.mkstemp(prefix=sidecar.name + ".", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "w") as fh:
             json.dump({"entries": entries}, fh)
+        os.chmod(tmp_name, default_file_mode())  # readers of the object must be able to read its metadata
         os.replace(tmp_name, sidecar)
 
     # --- the ObjectStore protocol ----------------------------------------------------------------
@@ -223,22 +224,14 @@ class LocalStore:
     def download_file(self, uri: str, path: Path) -> ObjectInfo:
         src_path = self._object_path(uri)
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         try:
             src = open(src_path, "rb")  # noqa: SIM115 (closed by the `with` below; only open() may raise NotFound)
         except (FileNotFoundError, IsADirectoryError) as exc:
             raise NotFound(f"{uri} does not exist") from exc
         with src:
             info = self._info(src_path, os.fstat(src.fileno()))
-            fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-            try:
-                with os.fdopen(fd, "wb") as dst:
-                    shutil.copyfileobj(src, dst, 1 << 20)
-                os.chmod(tmp_name, default_file_mode())
-                os.replace(tmp_name, path)
-            finally:
-                if os.path.exists(tmp_name):
-                    os.unlink(tmp_name)
+            with atomic_path(path) as tmp, open(tmp, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
         return info
 
     def list(self, prefix_uri: str) -> list[ObjectInfo]:

@@ -39,7 +39,7 @@ FINAL_STATUSES = frozenset({"succeeded", "failed", "superseded"})  # consumer/re
 CE_TYPE_PREFIX = "dev.rvc-trainer.training"  # consumer/results.py
 COMPOSITE_PARTS_PREFIX = "gcloud/tmp/"  # consumer/intake.py
 MODEL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # consumer/jobspec.py
-MODEL_NAME_KEYS = frozenset({"model_name", "modelname", "model", "name"})  # ALIASES → model_name
+MODEL_NAME_KEYS = frozenset({"model_name", "modelname"})  # consumer/jobspec.py: ALIASES → model_name
 RECORD_DEFAULTS: dict[str, Any] = {  # consumer.records.JobRecord's fields after the required four
     "status": "queued",
     "stage": "queued",
