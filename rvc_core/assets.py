@@ -213,13 +213,26 @@ def check_file(asset: Asset, path: Path) -> None:
 
 
 class AssetStore:
-    """Where the weight files are: a folder laid out like the manifest, or none (random weights)."""
+    """Where the weight files are: a folder laid out like the manifest, or none (random weights:
+    small stand-in networks, or full-size ones with `random_full()` for benchmarks)."""
 
-    def __init__(self, root: Path | None, *, manifest: Sequence[Asset] = MANIFEST) -> None:
+    def __init__(
+        self, root: Path | None, *, manifest: Sequence[Asset] = MANIFEST, full_size_random: bool = False
+    ) -> None:
+        if full_size_random and root is not None:
+            raise ConfigError("full-size random networks take no assets folder (root must be None)")
         self.root = Path(root) if root is not None else None
         self.manifest = tuple(manifest)
+        # Benchmarks only: random weights in the real architectures, so speed and memory are real.
+        self.full_size_random = full_size_random
         self._verified: set[str] = set()
         self._warned_random = False
+
+    @classmethod
+    def random_full(cls, *, manifest: Sequence[Asset] = MANIFEST) -> AssetStore:
+        """No weight files; pitch and content networks are built FULL-SIZE with random weights.
+        For speed and memory benchmarks on a GPU; the outputs are as meaningless as with `none`."""
+        return cls(None, manifest=manifest, full_size_random=True)
 
     @classmethod
     def from_option(
@@ -256,7 +269,7 @@ class AssetStore:
         asset = self.asset(name)
         if self.root is None:
             raise AssetMissing(
-                f"{name} is needed but the run was started with --assets none (random weights); "
+                f"{name} is needed but the run was started with {self.random_option} (random weights); "
                 f"pass --assets DIR made by `{DOWNLOAD_COMMAND}`"
             )
         path = self.root / name
@@ -274,13 +287,21 @@ class AssetStore:
         check_file(self.asset(name), self.path(name))
         self._verified.add(name)
 
+    @property
+    def random_option(self) -> str:
+        """How the run asked for random weights, for messages: `--assets none` or `random-full`."""
+        return "--assets random-full" if self.full_size_random else "--assets none"
+
     def warn_if_random(self) -> None:
         if self.random_init and not self._warned_random:
             self._warned_random = True
+            use = "benchmarks of speed and memory" if self.full_size_random else "tests and demos"
             log.warning(
-                "!!! RANDOM WEIGHTS: running with --assets none. Content features, pitch and the "
-                "pretrained models are random, so every output of this run is meaningless. Use it "
-                "only for tests and demos. !!!"
+                "!!! RANDOM WEIGHTS: running with %s. Content features, pitch and the pretrained "
+                "models are random, so every output of this run is meaningless. Use it only for "
+                "%s. !!!",
+                self.random_option,
+                use,
             )
 
 

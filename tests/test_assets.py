@@ -175,6 +175,32 @@ def test_folder_store_does_not_warn(tmp_path: Path, caplog: pytest.LogCaptureFix
     assert not caplog.records
 
 
+def test_plain_random_store_builds_tiny_networks() -> None:
+    assert not AssetStore.from_option("none", {}).full_size_random
+
+
+def test_random_full_store_has_random_weights_and_no_folder() -> None:
+    store = AssetStore.random_full()
+    assert store.random_init and store.full_size_random and store.root is None
+
+
+def test_full_size_random_with_an_assets_folder_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError):
+        AssetStore(tmp_path, full_size_random=True)
+
+
+def test_random_full_warning_names_its_option(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING):
+        AssetStore.random_full().warn_if_random()
+    (record,) = [r for r in caplog.records if "RANDOM WEIGHTS" in r.getMessage()]
+    assert "--assets random-full" in record.getMessage() and "benchmark" in record.getMessage()
+
+
+def test_random_full_store_asked_for_a_file_names_its_option() -> None:
+    with pytest.raises(AssetMissing, match="--assets random-full"):
+        AssetStore.random_full().path("rmvpe.pt")
+
+
 # --- downloading -----------------------------------------------------------------------------------
 def test_download_writes_verified_files(tmp_path: Path) -> None:
     paths = download_assets(tmp_path, fetch=FakeFetcher(), manifest=FAKE_MANIFEST)

@@ -15,7 +15,7 @@ import torch
 
 from rvc_core.assets import MANIFEST, AssetStore
 from rvc_core.errors import AssetCorrupt, AssetMissing, NonFiniteFeatures
-from rvc_core.features import load_content_encoder
+from rvc_core.features import content_frames, load_content_encoder
 from rvc_core.features.extract import ContentEncoder, plan_batches
 from rvc_core.features.weights import load_fairseq_checkpoint, load_hf_folder
 from rvc_core.testing import synthetic_voice
@@ -281,6 +281,39 @@ def test_encoder_of_the_wrong_depth_is_refused(tmp_path: Path) -> None:
         load_content_encoder("v1", assets=AssetStore(tmp_path, manifest=_no_manifest_checks()))
 
 
+@pytest.fixture(scope="module")
+def random_full_v2() -> ContentEncoder:
+    return load_content_encoder("v2", assets=AssetStore.random_full())
+
+
+def test_random_full_encoder_is_hubert_base_shaped(random_full_v2: ContentEncoder) -> None:
+    arch = random_full_v2.model.arch
+    layers = random_full_v2.model.network.encoder.transformer.layers
+    assert (len(layers), arch.embed_dim, arch.num_heads, arch.ff_dim) == (12, 768, 12, 3072)
+    assert random_full_v2.output_layer == 12
+
+
+def test_random_full_encoder_holds_as_many_values_as_the_published_weights(
+    random_full_v2: ContentEncoder,
+) -> None:
+    # pytorch_model.bin is fp16 (2 bytes per value) plus a little pickle overhead and one
+    # 768-value training-only mask embedding that torchaudio's model has no slot for.
+    published = next(a for a in MANIFEST if a.name == "hubert_base/pytorch_model.bin").size_bytes
+    assert published is not None
+    model = random_full_v2.model
+    modules = (model.network, model.final_proj)
+    values = sum(t.numel() for m in modules if m is not None for t in m.state_dict().values())
+    assert 0.999 * published < 2 * values < published
+
+
+def test_random_full_v1_encoder_reads_layer_9_through_final_proj() -> None:
+    encoder = load_content_encoder("v1", assets=AssetStore.random_full())
+    assert encoder.output_layer == 9
+    assert (
+        encoder.model.final_proj is not None and encoder.model.final_proj.out_features == encoder.dim == 256
+    )
+
+
 # --- the NaN guard ---------------------------------------------------------------------------------
 def test_encoder_emitting_nan_raises_non_finite_features(monkeypatch: pytest.MonkeyPatch) -> None:
     encoder = load_content_encoder("v2", assets=AssetStore(None))
@@ -334,3 +367,13 @@ def test_cuda_half_precision_features_match_cpu(random_v2: ContentEncoder) -> No
         assert gpu_features.dtype == np.float32 and np.isfinite(gpu_features).all()
         assert gpu_features.shape == cpu_features.shape
         np.testing.assert_allclose(gpu_features, cpu_features, atol=0.05, rtol=0.05)
+
+
+@pytest.mark.gpu
+def test_cuda_full_size_random_encoder_gives_finite_features_on_the_frame_grid() -> None:
+    # Full-size HuBERT-base in fp16 autocast is what the GPU benchmark times: it must not overflow.
+    encoder = load_content_encoder("v2", assets=AssetStore.random_full(), device="cuda")
+    items = [voice(3.0, seed=i) for i in range(3)]
+    features = encoder.extract(items)
+    assert [f.shape for f in features] == [(content_frames(len(item)), 768) for item in items]
+    assert all(np.isfinite(f).all() for f in features)

@@ -318,6 +318,17 @@ def test_random_rmvpe_warns_loudly(caplog: pytest.LogCaptureFixture) -> None:
     assert any("RANDOM" in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
 
 
+def test_random_full_rmvpe_has_the_official_state_dict_layout(caplog: pytest.LogCaptureFixture) -> None:
+    from rvc_core.pitch.rmvpe import RmvpeExtractor
+
+    with caplog.at_level(logging.WARNING):
+        extractor = load_pitch_extractor("rmvpe", assets=AssetStore.random_full())
+    assert isinstance(extractor, RmvpeExtractor)
+    ours = {k: tuple(v.shape) for k, v in extractor.net.state_dict().items()}
+    assert ours == _official_shapes()
+    assert any("random-full" in r.getMessage() for r in caplog.records)
+
+
 # --- rmvpe: front end, decoding, batching -----------------------------------------------------------
 
 

@@ -27,7 +27,7 @@ import numpy as np
 
 from rvc_core.assets import HUBERT_FAIRSEQ, HUBERT_HF_CONFIG, HUBERT_HF_WEIGHTS, AssetStore
 from rvc_core.errors import AssetCorrupt, AssetMissing, ConfigError, NonFiniteFeatures
-from rvc_core.features.hubert import HubertModel, random_stand_in
+from rvc_core.features.hubert import HubertModel, random_full_size, random_stand_in
 from rvc_core.features.weights import LoadedWeights, load_fairseq_checkpoint, load_hf_folder
 from rvc_core.spec import FEATURE_DIMS, FEATURE_HOP, FEATURE_LAYERS, FEATURE_SAMPLE_RATE, FEATURE_WINDOW
 
@@ -192,7 +192,8 @@ def load_content_encoder(
     max_batch_seconds: float | None = None,
     pad_tolerance: float = 0.0,
 ) -> ContentEncoder:
-    """The encoder for `version` ("v2" or "v1"); random stand-in weights with `--assets none`.
+    """The encoder for `version` ("v2" or "v1"); random stand-in weights with `--assets none`
+    (full-size HuBERT-base with random weights for `AssetStore.random_full()`).
 
     `half` defaults to True on CUDA. `max_batch_seconds` bounds the padded audio per forward pass
     (default 120 s on CUDA, 10 s on CPU)."""
@@ -201,7 +202,7 @@ def load_content_encoder(
     wanted_layer = FEATURE_LAYERS[version]
     if assets.random_init:
         assets.warn_if_random()
-        model = random_stand_in()
+        model = random_full_size() if assets.full_size_random else random_stand_in()
         output_layer = min(wanted_layer, model.arch.num_layers)  # the stand-in is shallower
     else:
         loaded = _load_weights(assets)

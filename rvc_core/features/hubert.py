@@ -127,6 +127,15 @@ def build_hubert(arch: HubertArch) -> HubertModel:
     return HubertModel(arch=arch, network=network, final_proj=final_proj)
 
 
+def random_full_size(seed: int = 0) -> HubertModel:
+    """HuBERT-base at full size with seeded random weights: for speed and memory benchmarks."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build_hubert(HubertArch())
+
+
 def random_stand_in(seed: int = 0) -> HubertModel:
     """The `--assets none` encoder: seeded, so two runs give the same (meaningless) features."""
     import torch

@@ -30,6 +30,11 @@ class PitchAssets(Protocol):
         """True for `--assets none`: random-initialised networks, meaningless output."""
         ...
 
+    @property
+    def full_size_random(self) -> bool:
+        """With `random_init`: build the networks at full size (benchmarks) instead of tiny."""
+        ...
+
     def path(self, name: str) -> Path:
         """The local file of asset `name`; raises `AssetMissing` with a how-to when absent."""
         ...

@@ -225,9 +225,15 @@ def _layout_problem(state: dict[str, torch.Tensor], wanted: dict[str, torch.Tens
 
 
 def load_rmvpe(assets: PitchAssets, *, device: str = "cpu", batch_seconds: float = 60.0) -> RmvpeExtractor:
-    from rvc_core.pitch.rmvpe_net import TINY
+    from rvc_core.pitch.rmvpe_net import OFFICIAL, TINY
 
-    if assets.random_init:
+    if assets.random_init and assets.full_size_random:
+        log.warning(
+            "RMVPE IS RANDOMLY INITIALISED at full size (--assets random-full): pitch values are "
+            "meaningless; use this only to measure speed and memory"
+        )
+        net = build_random_net(OFFICIAL)
+    elif assets.random_init:
         log.warning(
             "RMVPE IS RANDOMLY INITIALISED (--assets none): pitch values are meaningless; "
             "use this only for tests and dry runs"
