@@ -154,26 +154,21 @@ def _bucket(raw: str) -> str:
 
 
 def _number(low: float, high: float) -> Callable[[str], float]:
-    def parse(raw: str) -> float:
-        try:
-            value = float(raw)
-        except ValueError:
-            raise ValueError(f"must be a number from {low:g} to {high:g}") from None
-        if not low <= value <= high:
-            raise ValueError(f"must be a number from {low:g} to {high:g}")
-        return value
-
-    return parse
+    return _bounded(float, f"a number from {low:g} to {high:g}", low, high)
 
 
 def _integer(low: int, high: int) -> Callable[[str], int]:
-    def parse(raw: str) -> int:
+    return _bounded(int, f"an integer from {low} to {high}", low, high)
+
+
+def _bounded(convert: Callable[[str], Any], described: str, low: float, high: float) -> Callable[[str], Any]:
+    def parse(raw: str) -> Any:
         try:
-            value = int(raw)
+            value = convert(raw)
         except ValueError:
-            raise ValueError(f"must be an integer from {low} to {high}") from None
+            raise ValueError(f"must be {described}") from None
         if not low <= value <= high:
-            raise ValueError(f"must be an integer from {low} to {high}")
+            raise ValueError(f"must be {described}")
         return value
 
     return parse

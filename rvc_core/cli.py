@@ -13,8 +13,8 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from rvc_core.cli_options import add_dataset_options
 from rvc_core.errors import ConfigMismatch, RvcError
-from rvc_core.spec import F0_METHODS, SAMPLE_RATES, VERSIONS
 
 EXIT_REJECTED = 2
 
@@ -28,19 +28,8 @@ def resolve_device(choice: str) -> str:
 
 
 def add_prepare_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("dataset", type=Path, help="the voice zip")
+    add_dataset_options(p)
     p.add_argument("--out", type=Path, required=True, help="work dir (created; resumable)")
-    p.add_argument("--sample-rate", type=int, choices=SAMPLE_RATES, default=40000, help="target rate in Hz")
-    p.add_argument("--version", choices=VERSIONS, default="v2", help="RVC model version")
-    p.add_argument("--f0-method", choices=F0_METHODS, default="rmvpe", help="pitch extraction method")
-    p.add_argument("--segment-seconds", type=float, default=3.7, help="training segment length (s)")
-    p.add_argument(
-        "--assets",
-        default=None,
-        help="folder of weight files, or 'none' for small random networks (tests/demo); default $RVC_ASSETS",
-    )
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where models run")
-    p.add_argument("--workers", type=int, default=None, help="preprocessing processes (default: all cores)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,4 +1,4 @@
-"""Configuration dataclasses. Field metadata carries the help text used by the CLI and the docs."""
+"""Configuration dataclasses. Field metadata carries the help text the CLI shows (`cli_options`)."""
 
 from __future__ import annotations
 

@@ -8,34 +8,29 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
+from rvc_core.cli_options import add_dataset_options
 from rvc_core.errors import ConfigError, RvcError
-from rvc_core.spec import F0_METHODS, SAMPLE_RATES, VERSIONS
+from rvc_core.spec import PRESETS
+from rvc_core.train.config import EXPORT_CHOICES
 
 
 def add_train_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("dataset", type=Path, help="the voice zip")
+    add_dataset_options(p)
     p.add_argument("--out", type=Path, required=True, help="output folder (model, index, preview, report)")
     p.add_argument("--work", type=Path, default=None, help="work dir for stages and checkpoints (OUT/work)")
     p.add_argument("--model-name", default=None, help="[A-Za-z0-9_-]{1,64}; default: the zip's stem")
     p.add_argument("--epochs", type=int, default=200)
     p.add_argument("--batch-size", type=int, default=None, help="default: from free GPU memory; 4 on CPU")
-    p.add_argument("--sample-rate", type=int, choices=SAMPLE_RATES, default=40000, help="Hz")
-    p.add_argument("--version", choices=VERSIONS, default="v2")
-    p.add_argument("--f0-method", choices=F0_METHODS, default="rmvpe")
-    p.add_argument("--segment-seconds", type=float, default=3.7)
     p.add_argument("--pretrained", default=None, help="folder with pretrained_v2/f0G40k.pth …, or 'none'")
-    p.add_argument("--assets", default=None, help="weights folder or 'none'; default $RVC_ASSETS")
-    p.add_argument("--preset", choices=("full", "tiny"), default="full", help="tiny: small widths (CPU)")
+    p.add_argument("--preset", choices=PRESETS, default="full", help="tiny: small widths (CPU)")
     p.add_argument(
         "--save-every", type=int, default=None, help="also export <name>_e<epoch>.pth every E epochs"
     )
-    p.add_argument("--export", choices=("best", "final"), default="best", help="best by validation, or last")
+    p.add_argument("--export", choices=EXPORT_CHOICES, default="best", help="best by validation, or last")
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--tensorboard", type=Path, default=None, help="write TensorBoard scalars here")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in the same --work")
     p.add_argument("--author", default=None, help="shown in Applio's model info")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--workers", type=int, default=None, help="preprocessing processes")
 
 
 def cmd_train(args: argparse.Namespace, env: Mapping[str, str]) -> int:
