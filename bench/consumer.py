@@ -13,7 +13,7 @@
            push client sends them; no push subscription, so only the service's handling is timed.
 (b) Slice overhead: one job on a generated 18 s dataset, the real pipeline (tiny preset, random
     networks, CPU), run slice by slice with the bench posting each work token to /work as a push
-    subscription would. Each answer's `timings` (consumer.slices.SLICE_PARTS) splits the slice
+    subscription would. Each answer's `timings` (consumer.work.slices.SLICE_PARTS) splits the slice
     into `run_job` and the rest; overhead = total - run_job, also as a share of a 480 s slice.
     The first slice also downloads the upload; the last uploads the model instead of the work dir.
     Also shown: `edge` (the HTTP round trip beyond the slice's own total: routing, JSON) and the
@@ -85,7 +85,7 @@ def finalize_push(
 
 
 def work_push(job_id: str, seq: int, message_id: str) -> bytes:
-    from consumer.slices import WorkToken
+    from consumer.work.slices import WorkToken
 
     token = WorkToken(job_id, seq)
     attributes = {"job_id": job_id, "seq": str(seq)}
@@ -128,7 +128,7 @@ class LocalTarget:
     inbox_bucket = "inbox"
 
     def __init__(self, root: Path, service_env: Mapping[str, str]) -> None:
-        from consumer.demo import LocalStack
+        from consumer.local.demo import LocalStack
 
         self.stack = LocalStack(root, env=dict(service_env))
 
@@ -158,7 +158,7 @@ class DevTarget:
     name = "dev"
 
     def __init__(self, stack: Any) -> None:
-        from consumer.storage.gcs import GcsStore, default_client
+        from consumer.adapters.storage.gcs import GcsStore, default_client
 
         self.env = stack.env
         self.inbox_bucket = stack.config.inbox_bucket
@@ -210,7 +210,7 @@ def open_target(name: str, root: Path, service_env: Mapping[str, str]) -> Iterat
     if name == "local":
         yield LocalTarget(root / "local", service_env)
         return
-    from consumer.devstack import DevStack, DevStackConfig
+    from consumer.local.devstack import DevStack, DevStackConfig
 
     config = DevStackConfig(
         project="rvc-bench", push_subscriptions=False, service_env=dict(service_env), service_log=True
@@ -347,7 +347,7 @@ def intake_table(results: Mapping[str, IntakeResult]) -> str:
 
 
 def slice_table(results: Mapping[str, SliceResult]) -> str:
-    from consumer.slices import SLICE_PARTS
+    from consumer.work.slices import SLICE_PARTS
 
     seen = {p for s in results.values() for r in s.rows for p in r.parts}
     parts = [p for p in SLICE_PARTS if p in seen]

@@ -65,7 +65,7 @@ def serve(threads: int) -> int:
 
 def _worker_dies_with_master(server: Any, worker: Any) -> None:
     """A worker whose master was killed outright would finish its slice as an orphan; end it too."""
-    from consumer.orphans import die_with_parent_now
+    from consumer.local.orphans import die_with_parent_now
 
     die_with_parent_now(worker.ppid)
 
@@ -83,10 +83,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"unrecognised arguments: {' '.join(rest)}")
         return serve(args.threads)
     if args.command == "dev":
-        from consumer.devstack import main as dev_main
+        from consumer.local.devstack import main as dev_main
 
         return int(dev_main(rest) or 0)
-    from consumer.demo import main as demo_main
+    from consumer.local.demo import main as demo_main
 
     return int(demo_main(rest) or 0)
 

@@ -9,9 +9,9 @@ from typing import Any
 
 from flask import Flask, Response, g, jsonify, request
 
-from consumer import Services
 from consumer.handlers import events, health, jobs, train, work
 from consumer.logs import log, reset_trace, set_trace
+from consumer.services import Services
 
 logger = logging.getLogger(__name__)
 
@@ -71,8 +71,8 @@ def install_sigterm_handler(stop: threading.Event) -> None:
 
 def create_app_from_env() -> Flask:
     """For `gunicorn "consumer.app:create_app_from_env()"`: settings from the environment, JSON logs."""
-    from consumer import build_services
     from consumer.logs import configure_logging
+    from consumer.services import build_services
     from consumer.settings import Settings
 
     configure_logging()

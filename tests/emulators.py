@@ -3,7 +3,7 @@
 Registered for every test module through `pytest_plugins` in conftest.py. Servers bind free
 loopback ports, start once per session (`pubsub_emulator`, `fake_gcs`) and are always stopped,
 whole process groups included, even when a test fails. They also die with the test run when it is
-killed outright (a timeout's SIGKILL): `consumer.processes.spawn` arms the kernel's parent-death
+killed outright (a timeout's SIGKILL): `consumer.local.processes.spawn` arms the kernel's parent-death
 signal, and the emulator's java is started directly, not as a grandchild behind gcloud. A server
 that cannot start is an error, never a skip. Also here: fault-injecting proxies for storage (HTTP
 503s on demand) and for Pub/Sub (a connection cut), and the environment the real gcloud CLI needs
@@ -15,7 +15,7 @@ Facts observed with these servers (gcloud 528, emulator 0.8.20, fake-gcs-server 
   in the data; the emulator never sets `deliveryAttempt` unless a dead-letter policy exists.
 - `gcloud storage cp` and `gcloud pubsub subscriptions pull` work with the endpoint overrides and
   CLOUDSDK_AUTH_DISABLE_CREDENTIALS=true; uploads over 150 MiB need
-  CLOUDSDK_STORAGE_PARALLEL_COMPOSITE_UPLOAD_ENABLED=False (see consumer.devstack.gcloud_env).
+  CLOUDSDK_STORAGE_PARALLEL_COMPOSITE_UPLOAD_ENABLED=False (see consumer.local.devstack.gcloud_env).
 - The emulator ignores subscription filters: every subscription on a topic gets every message.
   The session's fake-gcs-server notifies for all buckets, so filter on `bucketId` yourself (or
   start a dedicated server with `running_fake_gcs(..., event_bucket=...)`).
@@ -42,9 +42,9 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from consumer.devstack import gcloud_env
-from consumer.messaging.admin import ensure_topic
-from consumer.processes import ManagedProcess, free_port, start_fake_gcs, start_pubsub_emulator
+from consumer.adapters.messaging.admin import ensure_topic
+from consumer.local.devstack import gcloud_env
+from consumer.local.processes import ManagedProcess, free_port, start_fake_gcs, start_pubsub_emulator
 
 PROJECT = "rvc-test"
 NOTIFICATION_TOPIC = "gcs-notifications"

@@ -24,8 +24,8 @@ from typing import Any
 
 import pytest
 
-from consumer.records import JobRecord, Lease, SourceObject
-from consumer.results import read_result, result_message
+from consumer.jobs.records import JobRecord, Lease, SourceObject
+from consumer.jobs.results import read_result, result_message
 from tests.emulators import FakeGcs, PubSubEmulator, unique_name
 
 FUNCTION_PATH = Path(__file__).resolve().parents[1] / "functions" / "dead_letter" / "main.py"
@@ -433,7 +433,7 @@ def _default_of(f: Any) -> Any:
 
 
 def test_job_id_matches_the_services() -> None:
-    from consumer.records import job_id_for
+    from consumer.jobs.records import job_id_for
 
     assert fn.job_id_for("inbox/datasets/alice.zip#1736358966947877") == job_id_for(
         "inbox/datasets/alice.zip#1736358966947877"
@@ -452,13 +452,13 @@ def test_job_id_matches_the_services() -> None:
     ],
 )
 def test_model_name_hint_matches_the_services(metadata: dict[str, str], name: str) -> None:
-    from consumer.intake import _model_name_hint
+    from consumer.jobs.intake import _model_name_hint
 
     assert fn.model_name_hint(metadata, name) == _model_name_hint(metadata, name)
 
 
 def test_model_name_keys_match_the_services_aliases() -> None:
-    from consumer.jobspec import ALIASES
+    from consumer.jobs.metadata import ALIASES
 
     service_keys = {key for key, target in ALIASES.items() if target == "model_name"}
     assert service_keys == fn.MODEL_NAME_KEYS
@@ -476,8 +476,8 @@ def test_model_name_keys_match_the_services_aliases() -> None:
     ],
 )
 def test_intake_screens_match_the_services(name: str) -> None:
-    from consumer.deliveries import ObjectFinalized
-    from consumer.intake import screen
+    from consumer.edge.deliveries import ObjectFinalized
+    from consumer.jobs.intake import screen
     from consumer.settings import Settings
 
     settings = Settings(state_bucket="gs://state", models_bucket="gs://models", inbox_prefix="datasets/")
@@ -529,8 +529,8 @@ def failing_endpoint() -> Iterator[FailingEndpoint]:
 def function_env(emulator_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
     """A state bucket on fake-gcs-server, a results topic with a pull subscription, and the function's
     environment pointing at them."""
-    from consumer.messaging.admin import SubscriptionSpec, ensure_subscription, ensure_topic
-    from consumer.storage.gcs import default_client
+    from consumer.adapters.messaging.admin import SubscriptionSpec, ensure_subscription, ensure_topic
+    from consumer.adapters.storage.gcs import default_client
 
     project = emulator_env["GOOGLE_CLOUD_PROJECT"]
     state_bucket, results_topic = unique_name("state"), unique_name("results")
@@ -558,7 +558,7 @@ def dead_letter_via_emulator(
 ) -> Any:
     """Pushes what `publish` sends to `endpoint` until the emulator dead-letters it; returns the
     dead-lettered message (the first whose data or attributes contain `match`)."""
-    from consumer.messaging.admin import SubscriptionSpec, ensure_subscription, ensure_topic, pull
+    from consumer.adapters.messaging.admin import SubscriptionSpec, ensure_subscription, ensure_topic, pull
 
     dead_topic = unique_name("dead")
     ensure_topic(project, dead_topic)
@@ -588,8 +588,8 @@ def dead_letter_via_emulator(
 
 
 def _delete_subscription(project: str, name: str) -> None:
-    from consumer.messaging import subscription_path
-    from consumer.messaging.admin import subscriber_admin
+    from consumer.adapters.messaging import subscription_path
+    from consumer.adapters.messaging.admin import subscriber_admin
 
     client = subscriber_admin()
     try:
@@ -605,7 +605,7 @@ def as_cloud_event(message: Any) -> Any:
 
 
 def pulled_results(project: str, subscription: str) -> list[Any]:
-    from consumer.messaging.admin import pull
+    from consumer.adapters.messaging.admin import pull
 
     return [read_result(m.data, m.attributes) for m in pull(project, subscription, timeout=3)]
 
@@ -614,11 +614,11 @@ def pulled_results(project: str, subscription: str) -> list[Any]:
 def test_work_token_dead_lettered_by_pubsub_fails_the_job_once(
     function_env: dict[str, str], failing_endpoint: FailingEndpoint, pubsub_emulator: PubSubEmulator
 ) -> None:
-    from consumer.messaging.admin import ensure_topic
-    from consumer.messaging.pubsub import PubSubPublisher
-    from consumer.records import JobRecords
-    from consumer.slices import WorkQueue, WorkToken
-    from consumer.storage.gcs import GcsStore
+    from consumer.adapters.messaging.admin import ensure_topic
+    from consumer.adapters.messaging.pubsub import PubSubPublisher
+    from consumer.adapters.storage.gcs import GcsStore
+    from consumer.jobs.records import JobRecords
+    from consumer.work.slices import WorkQueue, WorkToken
 
     project = function_env["GOOGLE_CLOUD_PROJECT"]
     records = JobRecords(GcsStore(), function_env["STATE_BUCKET"])
@@ -653,8 +653,8 @@ def test_upload_notification_dead_lettered_by_pubsub_becomes_a_failed_job(
     fake_gcs: FakeGcs,
     pubsub_emulator: PubSubEmulator,
 ) -> None:
-    from consumer.records import JobRecords
-    from consumer.storage.gcs import GcsStore, default_client
+    from consumer.adapters.storage.gcs import GcsStore, default_client
+    from consumer.jobs.records import JobRecords
 
     project = function_env["GOOGLE_CLOUD_PROJECT"]
     inbox = unique_name("inbox")

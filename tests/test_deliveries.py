@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from consumer.deliveries import Ignored, ObjectFinalized, parse_delivery
-from consumer.intake import screen
+from consumer.edge.deliveries import Ignored, ObjectFinalized, parse_delivery
+from consumer.jobs.intake import screen
 from consumer.settings import Settings
 
 FIXTURES = Path(__file__).parent / "fixtures" / "deliveries"

@@ -23,7 +23,7 @@ from urllib.request import urlopen
 
 import pytest
 
-from consumer.devstack import DevStack, DevStackConfig
+from consumer.local.devstack import DevStack, DevStackConfig
 from rvc_core.testing import simple_dataset_zip
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -263,8 +263,8 @@ class FlakyEndpoint:
 def test_several_failed_work_pushes_are_all_redelivered(tmp_path: Path) -> None:
     from google.pubsub_v1 import PubsubMessage
 
-    from consumer.messaging import topic_path
-    from consumer.messaging.admin import publisher_admin
+    from consumer.adapters.messaging import topic_path
+    from consumer.adapters.messaging.admin import publisher_admin
 
     endpoint = FlakyEndpoint(failures=3)
     stack = DevStack(DevStackConfig(service=False, external_service_url=endpoint.url), log_dir=tmp_path)

@@ -30,16 +30,16 @@ from typing import Any
 
 import pytest
 
-from consumer.devstack import create_buckets
-from consumer.messaging.admin import (
+from consumer.adapters.messaging.admin import (
     SubscriptionSpec,
     ensure_subscription,
     ensure_topic,
     pull,
     subscriber_admin,
 )
-from consumer.processes import ManagedProcess, free_port, spawn, wait_until_ready
-from consumer.results import ReceivedResult, read_result
+from consumer.jobs.results import ReceivedResult, read_result
+from consumer.local.devstack import create_buckets
+from consumer.local.processes import ManagedProcess, free_port, spawn, wait_until_ready
 from rvc_core.testing import simple_dataset_zip
 from tests.emulators import (
     NOTIFICATION_TOPIC,
@@ -244,7 +244,7 @@ class World:
     @property
     def storage(self) -> Any:
         if self._client is None:
-            from consumer.storage.gcs import default_client
+            from consumer.adapters.storage.gcs import default_client
 
             self._client = default_client(self.gcs.url, project=self.emulator.project)
         return self._client
@@ -410,7 +410,7 @@ def test_4_repeated_notification_and_reupload_make_one_job_per_generation(
 
 def republish_notification(world: World, name: str, generation: int, *, times: int) -> None:
     """The same OBJECT_FINALIZE again, as Cloud Storage may publish a change more than once."""
-    from consumer.messaging.pubsub import PubSubPublisher
+    from consumer.adapters.messaging.pubsub import PubSubPublisher
 
     blob = world.storage.bucket(world.inbox).get_blob(name)
     resource = {
@@ -427,7 +427,7 @@ def republish_notification(world: World, name: str, generation: int, *, times: i
 
 
 def _emulator_publisher(world: World) -> Callable[[], Any]:
-    from consumer.messaging.pubsub import default_client
+    from consumer.adapters.messaging.pubsub import default_client
 
     return lambda: default_client(world.emulator.host)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from consumer.jobspec import InvalidMetadata, build_job_spec, default_model_name, requested_spec
+from consumer.jobs.metadata import InvalidMetadata, build_job_spec, default_model_name, requested_spec
 
 
 def spec_of(metadata: dict[str, str], object_name: str = "datasets/alice.zip"):  # type: ignore[no-untyped-def]

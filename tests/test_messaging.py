@@ -9,12 +9,12 @@ import time
 
 import pytest
 
+from consumer.adapters.messaging import PushRequest, open_publisher
+from consumer.adapters.messaging.admin import SubscriptionSpec, ensure_subscription, ensure_topic, pull
+from consumer.adapters.messaging.local_bus import LocalBus
+from consumer.adapters.messaging.pubsub import PubSubPublisher, default_client
+from consumer.adapters.retry import PUBLISH_POLICY, RetryPolicy
 from consumer.errors import PublishFailed
-from consumer.messaging import PushRequest, open_publisher
-from consumer.messaging.admin import SubscriptionSpec, ensure_subscription, ensure_topic, pull
-from consumer.messaging.local_bus import LocalBus
-from consumer.messaging.pubsub import PubSubPublisher, default_client
-from consumer.retry import PUBLISH_POLICY, RetryPolicy
 from rvc_core.errors import ConfigError
 from tests.emulators import PubSubEmulator, TcpFaultProxy, unique_name
 

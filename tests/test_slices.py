@@ -12,13 +12,13 @@ from typing import Any
 
 import pytest
 
-from consumer.demo import LocalStack
+from consumer.adapters.storage import open_store
 from consumer.errors import TransientStorageError
-from consumer.jobspec import build_job_spec
-from consumer.mirror import WorkdirMirror
-from consumer.records import JobRecord, Lease, SourceObject, job_id_for
-from consumer.slices import WorkToken
-from consumer.storage import open_store
+from consumer.jobs.metadata import build_job_spec
+from consumer.jobs.records import JobRecord, Lease, SourceObject, job_id_for
+from consumer.local.demo import LocalStack
+from consumer.work.mirror import WorkdirMirror
+from consumer.work.slices import WorkToken
 from rvc_core.testing import simple_dataset_zip
 from tests.factories_consumer import FakeTrainer
 

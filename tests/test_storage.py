@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from consumer.adapters.retry import RetryPolicy, is_transient
+from consumer.adapters.storage import ObjectStore, join_uri, open_store
+from consumer.adapters.storage.gcs import GcsStore, default_client
+from consumer.adapters.storage.local import LocalStore, path_from_uri
 from consumer.errors import NotFound, PreconditionFailed, StorageError, TransientStorageError
-from consumer.retry import RetryPolicy, is_transient
-from consumer.storage import ObjectStore, join_uri, open_store
-from consumer.storage.gcs import GcsStore, default_client
-from consumer.storage.local import LocalStore, path_from_uri
 from rvc_core.errors import ConfigError
 from tests.emulators import FakeGcs, HttpFaultProxy, unique_name
 

@@ -7,9 +7,9 @@ import logging
 
 from flask import Response, jsonify, request
 
-from consumer import Services
-from consumer.deliveries import Ignored, parse_delivery
+from consumer.edge.deliveries import Ignored, parse_delivery
 from consumer.logs import log
+from consumer.services import Services
 
 logger = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Response, jsonify
 
-from consumer import Services
+from consumer.services import Services
 
 
 def handle(services: Services) -> tuple[Response, int]:

@@ -6,7 +6,7 @@ import re
 
 from flask import Response, jsonify
 
-from consumer import Services
+from consumer.services import Services
 
 JOB_ID = re.compile(r"^[0-9a-f]{16}$")
 

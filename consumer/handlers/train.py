@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from flask import Response, jsonify, request, url_for
 
-from consumer import Services
 from consumer.errors import BUSY, INVALID_REQUEST, NotFound
+from consumer.services import Services
 
 REJECTION_STATUS: dict[str, int] = {NotFound.code: 404}
 

@@ -6,9 +6,9 @@ import logging
 
 from flask import Response, jsonify, request
 
-from consumer import Services
 from consumer.logs import log
-from consumer.slices import read_work_delivery
+from consumer.services import Services
+from consumer.work.slices import read_work_delivery
 
 logger = logging.getLogger(__name__)
 

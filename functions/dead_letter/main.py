@@ -35,12 +35,12 @@ from typing import Any, Literal, Protocol
 import functions_framework
 
 # --- shapes shared with consumer/ -------------------------------------------------------------------
-FINAL_STATUSES = frozenset({"succeeded", "failed", "superseded"})  # consumer/records.py
-CE_TYPE_PREFIX = "dev.rvc-trainer.training"  # consumer/results.py
-COMPOSITE_PARTS_PREFIX = "gcloud/tmp/"  # consumer/intake.py
-MODEL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # consumer/jobspec.py
-MODEL_NAME_KEYS = frozenset({"model_name", "modelname"})  # consumer/jobspec.py: ALIASES → model_name
-RECORD_DEFAULTS: dict[str, Any] = {  # consumer.records.JobRecord's fields after the required four
+FINAL_STATUSES = frozenset({"succeeded", "failed", "superseded"})  # consumer/jobs/records.py
+CE_TYPE_PREFIX = "dev.rvc-trainer.training"  # consumer/jobs/results.py
+COMPOSITE_PARTS_PREFIX = "gcloud/tmp/"  # consumer/jobs/intake.py
+MODEL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # consumer/jobs/metadata.py
+MODEL_NAME_KEYS = frozenset({"model_name", "modelname"})  # consumer/jobs/metadata.py: ALIASES → model_name
+RECORD_DEFAULTS: dict[str, Any] = {  # consumer.jobs.records.JobRecord's fields after the required four
     "status": "queued",
     "stage": "queued",
     "seq": 0,
@@ -75,7 +75,7 @@ ResultKind = Literal["succeeded", "failed"]
 Action = Literal[
     "reported", "already_reported", "claimed_elsewhere", "stale", "job_started", "unknown_job", "ignored"
 ]
-CLAIM_SECONDS = 30.0  # consumer/results.py: a publish claim older than this was left by a crash
+CLAIM_SECONDS = 30.0  # consumer/jobs/results.py: a publish claim older than this was left by a crash
 
 
 class RetryLater(Exception):
@@ -133,7 +133,7 @@ class Upload:
 
 
 def job_id_for(source_key: str) -> str:
-    """consumer.records.job_id_for: a short stable hash of `bucket/object#generation`."""
+    """consumer.jobs.records.job_id_for: a short stable hash of `bucket/object#generation`."""
     return hashlib.sha256(source_key.encode("utf-8")).hexdigest()[:16]
 
 
@@ -195,12 +195,12 @@ class ResultPublisher(Protocol):
 
 
 def now_iso(clock: Callable[[], float]) -> str:
-    """consumer.records.now_iso."""
+    """consumer.jobs.records.now_iso."""
     return datetime.fromtimestamp(clock(), UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def encode_record(record: Mapping[str, Any]) -> bytes:
-    """The bytes consumer.records writes: sorted, indented JSON and a newline."""
+    """The bytes consumer.jobs.records writes: sorted, indented JSON and a newline."""
     return (json.dumps(record, indent=2, sort_keys=True, default=str) + "\n").encode("utf-8")
 
 
@@ -235,7 +235,7 @@ def new_failed_record(upload: Upload, error: dict[str, Any], stamp: str) -> dict
     }
 
 
-# --- the result CloudEvent (consumer/results.py, Pub/Sub binding, binary mode) ----------------------------
+# --- the result CloudEvent (consumer/jobs/results.py, Pub/Sub binding, binary mode) ----------------------------
 def event_data(
     kind: ResultKind, record: Mapping[str, Any], extra: Mapping[str, Any] | None
 ) -> dict[str, Any]:
@@ -392,7 +392,7 @@ def process(letter: DeadLetter, deps: Deps) -> Outcome:
 
 def _report_final(record: dict[str, Any], deps: Deps, details: dict[str, Any] | None) -> Outcome:
     """Publishes the job's final result unless the record says it went out, with the service's claim
-    protocol (consumer/results.py): claim on the record, publish, record that it went out. A crash in
+    protocol (consumer/jobs/results.py): claim on the record, publish, record that it went out. A crash in
     between republishes it, with the same ce-id; a fresh claim of the service's is left to it."""
     job_id = record["job_id"]
     kind: ResultKind = "succeeded" if record["status"] == "succeeded" else "failed"

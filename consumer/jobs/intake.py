@@ -15,17 +15,17 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from consumer.deliveries import Ignored, ObjectFinalized
+from consumer.edge.deliveries import Ignored, ObjectFinalized
 from consumer.errors import INVALID_REQUEST, InvalidMetadata, NotFound
-from consumer.jobspec import build_job_spec, default_model_name, requested_spec
+from consumer.jobs.metadata import build_job_spec, default_model_name, requested_spec
+from consumer.jobs.records import JobRecord, JobRecords, SourceObject, job_id_for, source_key
+from consumer.jobs.results import ResultKind, Results, claim_announcement, mark_announced
 from consumer.logs import log
-from consumer.records import JobRecord, JobRecords, SourceObject, job_id_for, source_key
-from consumer.results import ResultKind, Results, claim_announcement, mark_announced
-from consumer.slices import WorkQueue, WorkToken
+from consumer.work.slices import WorkQueue, WorkToken
 
 if TYPE_CHECKING:
+    from consumer.adapters.storage import ObjectStore
     from consumer.settings import Settings
-    from consumer.storage import ObjectStore
 
 logger = logging.getLogger(__name__)
 
@@ -203,7 +203,7 @@ def _spec_dict(spec: Any) -> dict[str, Any]:
 
 def _model_name_hint(metadata: Mapping[str, Any], object_name: str) -> str:
     """A name for the failed event of a job whose metadata was refused (maybe the name itself)."""
-    from consumer.jobspec import ALIASES, MODEL_NAME, normalise_key
+    from consumer.jobs.metadata import ALIASES, MODEL_NAME, normalise_key
 
     for key, value in metadata.items():
         if ALIASES.get(normalise_key(str(key))) == "model_name" and MODEL_NAME.match(str(value)):

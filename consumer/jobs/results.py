@@ -16,10 +16,10 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
-from consumer.records import JobRecord, JobRecords
+from consumer.jobs.records import JobRecord, JobRecords
 
 if TYPE_CHECKING:
-    from consumer.messaging import Publisher
+    from consumer.adapters.messaging import Publisher
 
 ResultKind = Literal["accepted", "progress", "succeeded", "failed"]
 TYPE_PREFIX = "dev.rvc-trainer.training"

@@ -4,7 +4,7 @@ Why not the batching `pubsub_v1.PublisherClient`: it retries failed publishes fo
 background thread, and after one failed batch (with one-message batches) 2.33 answers every later
 publish with an AssertionError. We publish one message at a time on the request path (the next work
 token must be out before the ack), so the plain GAPIC `publish` call, bounded by a timeout and
-retried by `consumer.retry`, is both simpler and predictable.
+retried by `consumer.adapters.retry`, is both simpler and predictable.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from consumer.adapters.messaging import check_attributes, topic_path
+from consumer.adapters.retry import PUBLISH_POLICY, RetryPolicy, call_with_retry, is_transient
 from consumer.errors import PublishFailed
-from consumer.messaging import check_attributes, topic_path
-from consumer.retry import PUBLISH_POLICY, RetryPolicy, call_with_retry, is_transient
 
 # gRPC's reconnect backoff grows to 120 s by default: after a short outage the channel would keep
 # refusing calls long after the server is back. Cap it well below our publish deadline.

@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from consumer.messaging import subscription_path, topic_path
+from consumer.adapters.messaging import subscription_path, topic_path
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from consumer.storage import ObjectInfo, ObjectStore
+    from consumer.adapters.storage import ObjectInfo, ObjectStore
 
 SYNC_THREADS = 8  # parallel uploads/downloads of work-dir files
 

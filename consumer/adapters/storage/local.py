@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import quote, unquote, urlsplit
 
+from consumer.adapters.storage import ObjectInfo
 from consumer.errors import NotFound, PreconditionFailed
-from consumer.storage import ObjectInfo
 from rvc_core.atomic import atomic_path, default_file_mode
 
 RESERVED_PREFIX = ".objstore-"

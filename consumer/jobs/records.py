@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from consumer.errors import NotFound, PreconditionFailed
 
 if TYPE_CHECKING:
-    from consumer.storage import ObjectStore
+    from consumer.adapters.storage import ObjectStore
 
 Status = Literal["queued", "running", "succeeded", "failed", "superseded"]
 FINAL_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "superseded"})

@@ -83,11 +83,11 @@ def open_store(url: str, *, gcs_client_factory: Callable[[], object] | None = No
     """
     scheme = urlsplit(url).scheme
     if scheme == "gs":
-        from consumer.storage.gcs import GcsStore
+        from consumer.adapters.storage.gcs import GcsStore
 
         return GcsStore(client_factory=gcs_client_factory)
     if scheme == "file":
-        from consumer.storage.local import LocalStore, path_from_uri
+        from consumer.adapters.storage.local import LocalStore, path_from_uri
 
         return LocalStore(root=path_from_uri(url))
     raise ConfigError(f"a storage URL must start with gs:// or file://, got {url!r}")

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, NamedTuple, Protocol
 from rvc_core.errors import ConfigError
 
 if TYPE_CHECKING:
-    from consumer.messaging.local_bus import LocalBus
-    from consumer.messaging.pubsub import PubSubPublisher
+    from consumer.adapters.messaging.local_bus import LocalBus
+    from consumer.adapters.messaging.pubsub import PubSubPublisher
 
 
 class Publisher(Protocol):
@@ -52,11 +52,11 @@ def open_publisher(kind: str, *, project: str) -> PubSubPublisher | LocalBus:
     """`"pubsub"`: google-cloud-pubsub over gRPC (the emulator when PUBSUB_EMULATOR_HOST is set);
     `"local"`: a new in-process LocalBus."""
     if kind == "pubsub":
-        from consumer.messaging.pubsub import PubSubPublisher
+        from consumer.adapters.messaging.pubsub import PubSubPublisher
 
         return PubSubPublisher(project)
     if kind == "local":
-        from consumer.messaging.local_bus import LocalBus
+        from consumer.adapters.messaging.local_bus import LocalBus
 
         return LocalBus(project=project)
     raise ConfigError(f"messaging must be 'pubsub' or 'local', got {kind!r}")

@@ -1,7 +1,7 @@
 """`gs://` objects through google-cloud-storage (Cloud Storage, or fake-gcs-server via STORAGE_EMULATOR_HOST).
 
 The library's own retries are switched off (`retry=None`) so that retrying lives in one place,
-`consumer.retry`, with a timeout on every call.
+`consumer.adapters.retry`, with a timeout on every call.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from consumer.adapters.retry import STORAGE_POLICY, RetryPolicy, call_with_retry, http_status, is_transient
+from consumer.adapters.storage import ObjectInfo
 from consumer.errors import NotFound, PreconditionFailed, StorageError, TransientStorageError
-from consumer.retry import STORAGE_POLICY, RetryPolicy, call_with_retry, http_status, is_transient
-from consumer.storage import ObjectInfo
 from rvc_core.atomic import atomic_path
 
 

@@ -21,12 +21,12 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from flask.testing import FlaskClient
 
-    from consumer import Services
-    from consumer.messaging import PushRequest
-    from consumer.messaging.local_bus import LocalBus
-    from consumer.results import ReceivedResult
-    from consumer.slices import Trainer
-    from consumer.storage import ObjectInfo
+    from consumer.adapters.messaging import PushRequest
+    from consumer.adapters.messaging.local_bus import LocalBus
+    from consumer.adapters.storage import ObjectInfo
+    from consumer.jobs.results import ReceivedResult
+    from consumer.services import Services
+    from consumer.work.slices import Trainer
 
 INBOX_BUCKET = "inbox"
 INTAKE_TOPIC = "rvc-intake"
@@ -46,11 +46,11 @@ class LocalStack:
         bus: LocalBus | None = None,
         on_result: Callable[[ReceivedResult], None] | None = None,
     ) -> None:
-        from consumer import build_services
+        from consumer.adapters.messaging.local_bus import LocalBus
+        from consumer.adapters.storage import open_store
         from consumer.app import create_app
-        from consumer.messaging.local_bus import LocalBus
+        from consumer.services import build_services
         from consumer.settings import Settings
-        from consumer.storage import open_store
 
         self.root = Path(root).resolve()
         defaults = {
@@ -88,7 +88,7 @@ class LocalStack:
         return response.status_code
 
     def _collect(self, request: PushRequest) -> int:
-        from consumer.results import read_result
+        from consumer.jobs.results import read_result
 
         message = json.loads(request.body)["message"]
         result = read_result(base64.b64decode(message.get("data", "")), message.get("attributes", {}))

@@ -1,7 +1,7 @@
 """Child processes of the dev stack, the tests and the benchmark, and the two local stand-ins.
 
 Every child runs in its own process group, so stopping it reaches whatever it spawned, and is killed
-by the kernel if this process dies first (`consumer.orphans`). The Pub/Sub emulator is started
+by the kernel if this process dies first (`consumer.local.orphans`). The Pub/Sub emulator is started
 through the SDK's own launcher, which `exec`s java, not through `gcloud beta emulators pubsub
 start`, which would leave java a grandchild that nothing stops when gcloud is killed.
 """
@@ -21,7 +21,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from consumer.orphans import die_with_parent
+from consumer.local.orphans import die_with_parent
 
 
 @dataclass

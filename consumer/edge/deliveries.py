@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from consumer.records import source_key
+from consumer.jobs.records import source_key
 
 EventKind = Literal["finalized", "deleted", "archived", "metadata_updated"]
 

@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING
 from consumer.errors import NotFound, PreconditionFailed
 
 if TYPE_CHECKING:
-    from consumer.records import JobRecord
-    from consumer.storage import ObjectStore
+    from consumer.adapters.storage import ObjectStore
+    from consumer.jobs.records import JobRecord
 
 CONTENT_TYPES: dict[str, str] = {
     ".zip": "application/zip",

@@ -11,7 +11,7 @@ or a script needs, so that these work as on Google Cloud:
     gcloud pubsub subscriptions pull $RESULTS_SUBSCRIPTION --auto-ack
 
 Ctrl-C or SIGTERM stops everything it started, and nothing outlives it even when it is killed
-outright (SIGKILL, a test run's timeout): see `consumer.processes`.
+outright (SIGKILL, a test run's timeout): see `consumer.local.processes`.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from consumer.processes import (
+from consumer.local.processes import (
     ManagedProcess,
     free_port,
     ready_or_stopped,
@@ -108,8 +108,8 @@ class DevStack:
         return self.env
 
     def _start(self) -> None:
-        from consumer.messaging import subscription_path
-        from consumer.messaging.admin import ensure_topic
+        from consumer.adapters.messaging import subscription_path
+        from consumer.adapters.messaging.admin import ensure_topic
 
         cfg = self.config
         timeout = cfg.startup_timeout
@@ -176,7 +176,7 @@ class DevStack:
 
     def _subscribe(self, pubsub_host: str, service_url: str) -> None:
         """Intake and work push to the service (once it is up); results and dead letters are pulled."""
-        from consumer.messaging.admin import SubscriptionSpec, ensure_subscription
+        from consumer.adapters.messaging.admin import SubscriptionSpec, ensure_subscription
 
         cfg = self.config
         specs = [
@@ -227,7 +227,7 @@ class DevStack:
 def create_buckets(storage_url: str, project: str, names: list[str]) -> None:
     from google.api_core.exceptions import Conflict
 
-    from consumer.storage.gcs import default_client
+    from consumer.adapters.storage.gcs import default_client
 
     client = default_client(storage_url, project=project)
     for name in names:

@@ -27,19 +27,19 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from consumer.artifacts import publish_artifacts
 from consumer.errors import SLICE_FAILED, SLICE_LOST, NotFound, PreconditionFailed, Superseded
+from consumer.jobs.records import JobRecord, JobRecords, Lease, job_id_for, source_key
+from consumer.jobs.results import Results, final_kind, publish_once
 from consumer.logs import log
-from consumer.mirror import WorkdirMirror
-from consumer.records import JobRecord, JobRecords, Lease, job_id_for, source_key
-from consumer.results import Results, final_kind, publish_once
-from consumer.timings import Stopwatch
+from consumer.work.artifacts import publish_artifacts
+from consumer.work.mirror import WorkdirMirror
+from consumer.work.timings import Stopwatch
 from rvc_core.errors import RvcError
 
 if TYPE_CHECKING:
-    from consumer.messaging import Publisher
+    from consumer.adapters.messaging import Publisher
+    from consumer.adapters.storage import ObjectStore
     from consumer.settings import Settings
-    from consumer.storage import ObjectStore
     from rvc_core.progress import ProgressEvent
 
 logger = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from consumer.messaging import PushRequest, check_attributes, subscription_path, topic_path
+from consumer.adapters.messaging import PushRequest, check_attributes, subscription_path, topic_path
 
 log = logging.getLogger(__name__)
 

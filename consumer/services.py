@@ -1,0 +1,107 @@
+"""The services of one process, wired for its role.
+
+`Services` holds everything the handlers need, built once at start from `Settings` (clients are
+created here, never at import time) and passed to `consumer.app.create_app`.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from consumer.adapters.messaging import Publisher
+    from consumer.adapters.storage import ObjectStore
+    from consumer.jobs.intake import Intake
+    from consumer.jobs.records import JobRecords
+    from consumer.settings import Settings
+    from consumer.work.slices import SliceRunner, Trainer
+
+
+@dataclass
+class Services:
+    settings: Settings
+    publisher: Publisher
+    store_for: Callable[[str], ObjectStore]
+    records: JobRecords
+    intake: Intake
+    slices: SliceRunner
+    stop: threading.Event  # set on SIGTERM: the running slice stops at its next clean point
+    counters: Counter[str] = field(default_factory=Counter)  # ignored and malformed deliveries, …
+
+
+class StoreResolver:
+    """The store serving a URI: one per `file://` root and one for all of `gs://` (one shared client)."""
+
+    def __init__(self, open_store: Callable[[str], ObjectStore]) -> None:
+        self._open = open_store
+        self._stores: dict[str, ObjectStore] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, uri: str) -> ObjectStore:
+        key = "gs://" if uri.startswith("gs://") else "file://"
+        with self._lock:
+            if key not in self._stores:
+                self._stores[key] = self._open(uri)
+            return self._stores[key]
+
+
+def instance_owner() -> str:
+    """This process's lease owner id: host, pid and a random part (a restarted process is another owner)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def build_services(
+    settings: Settings,
+    *,
+    publisher: Publisher | None = None,
+    open_store: Callable[[str], ObjectStore] | None = None,
+    trainer: Trainer | None = None,
+) -> Services:
+    """Wires the service. Defaults: the storage and messaging adapters chosen by the settings and the
+    real `rvc_core.job.run_job`; tests and the demo pass their own publisher, stores or trainer."""
+    from consumer.jobs.intake import Intake
+    from consumer.jobs.records import JobRecords
+    from consumer.jobs.results import Results
+    from consumer.work.slices import SliceDeps, SliceRunner, WorkQueue, default_trainer
+
+    if open_store is None:
+        from consumer.adapters.storage import open_store as open_adapter
+
+        open_store = open_adapter
+    if publisher is None:
+        from consumer.adapters.messaging import open_publisher
+
+        publisher = open_publisher(settings.messaging, project=settings.project)
+    store_for = StoreResolver(open_store)
+    records = JobRecords(store_for(settings.state_url), settings.state_url)
+    results = Results(publisher, settings.results_topic, project=settings.project)
+    work = WorkQueue(publisher, settings.work_topic)
+    stop = threading.Event()
+    runner = SliceRunner(
+        SliceDeps(
+            settings=settings,
+            records=records,
+            results=results,
+            work=work,
+            store_for=store_for,
+            owner=instance_owner(),
+            trainer=trainer or default_trainer(),
+            stop=stop,
+        )
+    )
+    return Services(
+        settings=settings,
+        publisher=publisher,
+        store_for=store_for,
+        records=records,
+        intake=Intake(settings, records, results, work, store_for),
+        slices=runner,
+        stop=stop,
+    )
