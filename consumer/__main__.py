@@ -2,6 +2,7 @@
 
 serve: the service under gunicorn (one worker, threads, `--timeout 0`: Cloud Run owns timeouts),
        on $PORT, configured from the environment; invalid configuration exits 2 with one line.
+       `--role all|api|worker` (default $SERVICE_ROLE, else all) picks the endpoints it serves.
 dev:   the whole stack on this machine (Pub/Sub emulator, fake-gcs-server, the service).
 demo:  one job end to end with nothing from Google (file:// buckets, the local bus, CPU).
 """
@@ -26,12 +27,16 @@ GUNICORN_JSON_LOGS = {
 }
 
 
-def serve(threads: int) -> int:
+def serve(threads: int, role: str | None = None) -> int:
+    import os
+
     from gunicorn.app.base import BaseApplication
 
     from consumer.errors import SettingsError
     from consumer.settings import Settings
 
+    if role is not None:
+        os.environ["SERVICE_ROLE"] = role  # the forked worker reads the same settings
     try:
         settings = Settings.from_env()  # validated here, once, before any worker starts
     except SettingsError as err:
@@ -75,13 +80,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     serve_cmd = sub.add_parser("serve", help="run the service (gunicorn, $PORT)")
     serve_cmd.add_argument("--threads", type=int, default=8, help="request threads of the one worker")
+    serve_cmd.add_argument(
+        "--role",
+        choices=("all", "api", "worker"),
+        default=None,
+        help="endpoints: all, api (/events, /train, /jobs) or worker (/work); default $SERVICE_ROLE or all",
+    )
     sub.add_parser("dev", help="run the local stack: emulators and the service", add_help=False)
     sub.add_parser("demo", help="train one small model end to end, locally", add_help=False)
     args, rest = parser.parse_known_args(argv)
     if args.command == "serve":
         if rest:
             parser.error(f"unrecognised arguments: {' '.join(rest)}")
-        return serve(args.threads)
+        return serve(args.threads, args.role)
     if args.command == "dev":
         from consumer.local.devstack import main as dev_main
 

@@ -16,12 +16,22 @@ from consumer.services import Services
 logger = logging.getLogger(__name__)
 
 
+# The endpoints each role serves: `api` takes uploads and questions, `worker` runs slices.
+API_ROLES = ("all", "api")
+WORKER_ROLES = ("all", "worker")
+
+
 def create_app(services: Services, *, handle_sigterm: bool = True) -> Flask:
     app = Flask("consumer")
-    app.add_url_rule("/events", "events", lambda: events.handle(services), methods=["POST"])
-    app.add_url_rule("/work", "work", lambda: work.handle(services), methods=["POST"])
-    app.add_url_rule("/train", "train", lambda: train.handle(services), methods=["POST"])
-    app.add_url_rule("/jobs/<job_id>", "job", lambda job_id: jobs.handle(services, job_id), methods=["GET"])
+    role = services.settings.role
+    if role in API_ROLES:
+        app.add_url_rule("/events", "events", lambda: events.handle(services), methods=["POST"])
+        app.add_url_rule("/train", "train", lambda: train.handle(services), methods=["POST"])
+        app.add_url_rule(
+            "/jobs/<job_id>", "job", lambda job_id: jobs.handle(services, job_id), methods=["GET"]
+        )
+    if role in WORKER_ROLES:
+        app.add_url_rule("/work", "work", lambda: work.handle(services), methods=["POST"])
     app.add_url_rule("/healthz", "healthz", lambda: health.handle(services), methods=["GET"])
 
     @app.before_request
@@ -35,7 +45,7 @@ def create_app(services: Services, *, handle_sigterm: bool = True) -> Flask:
 
     @app.errorhandler(Exception)
     def _failed(err: Exception) -> tuple[Response, int]:
-        # Anything unexpected is answered 503, so Pub/Sub redelivers it (with backoff) to a later try.
+        # Anything unexpected is answered 503: Pub/Sub (intake) and the task queue (work) retry it later.
         from werkzeug.exceptions import HTTPException
 
         if isinstance(err, HTTPException):

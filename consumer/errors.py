@@ -53,6 +53,17 @@ class PublishFailed(MessagingError):
         self.retryable = retryable
 
 
+# --- the task queue ------------------------------------------------------------------------------
+class TaskQueueError(ConsumerError):
+    """A task could not be created. Retryable unless the cause was permanent (a missing queue)."""
+
+    code = "task_queue_error"
+
+    def __init__(self, message: str, *, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
 # --- jobs and requests ----------------------------------------------------------------------------
 class InvalidMetadata(ConfigError):
     """A metadata value outside its accepted range; `field` is the key as the user wrote it."""

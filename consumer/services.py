@@ -18,8 +18,10 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from consumer.adapters.messaging import Publisher
     from consumer.adapters.storage import ObjectStore
+    from consumer.adapters.tasks import TaskQueue
     from consumer.jobs.intake import Intake
     from consumer.jobs.records import JobRecords
+    from consumer.jobs.waiting import WaitingLine
     from consumer.settings import Settings
     from consumer.work.slices import SliceRunner, Trainer
 
@@ -30,8 +32,9 @@ class Services:
     publisher: Publisher
     store_for: Callable[[str], ObjectStore]
     records: JobRecords
-    intake: Intake
-    slices: SliceRunner
+    line: WaitingLine
+    intake: Intake | None  # roles api and all
+    slices: SliceRunner | None  # roles worker and all
     stop: threading.Event  # set on SIGTERM: the running slice stops at its next clean point
     counters: Counter[str] = field(default_factory=Counter)  # ignored and malformed deliveries, …
 
@@ -63,13 +66,17 @@ def build_services(
     publisher: Publisher | None = None,
     open_store: Callable[[str], ObjectStore] | None = None,
     trainer: Trainer | None = None,
+    tasks: TaskQueue | None = None,
 ) -> Services:
-    """Wires the service. Defaults: the storage and messaging adapters chosen by the settings and the
-    real `rvc_core.job.run_job`; tests and the demo pass their own publisher, stores or trainer."""
+    """Wires the service for `settings.role`. Defaults: the storage, messaging and task-queue
+    adapters chosen by the settings and the real `rvc_core.job.run_job` (workers only: the api
+    never imports torch); tests and the local stack pass their own publisher, stores, queue or
+    trainer."""
     from consumer.jobs.intake import Intake
     from consumer.jobs.records import JobRecords
     from consumer.jobs.results import Results
-    from consumer.work.slices import SliceDeps, SliceRunner, WorkQueue, default_trainer
+    from consumer.jobs.waiting import WaitingLine
+    from consumer.work.tokens import WorkQueue
 
     if open_store is None:
         from consumer.adapters.storage import open_store as open_adapter
@@ -79,29 +86,52 @@ def build_services(
         from consumer.adapters.messaging import open_publisher
 
         publisher = open_publisher(settings.messaging, project=settings.project)
+    if tasks is None:
+        from consumer.adapters.tasks import open_task_queue
+
+        tasks = open_task_queue(
+            settings.task_queue_url,
+            target_url=settings.work_url or None,
+            service_account=settings.tasks_service_account or None,
+            audience=settings.tasks_audience or None,
+            dispatch_deadline_seconds=settings.dispatch_deadline_seconds,
+        )
     store_for = StoreResolver(open_store)
     records = JobRecords(store_for(settings.state_url), settings.state_url)
     results = Results(publisher, settings.results_topic, project=settings.project)
-    work = WorkQueue(publisher, settings.work_topic)
-    stop = threading.Event()
-    runner = SliceRunner(
-        SliceDeps(
-            settings=settings,
-            records=records,
-            results=results,
-            work=work,
-            store_for=store_for,
-            owner=instance_owner(),
-            trainer=trainer or default_trainer(),
-            stop=stop,
-        )
+    work = WorkQueue(tasks)
+    line = WaitingLine(
+        store_for(settings.state_url),
+        settings.state_url,
+        slots=settings.worker_slots,
+        slice_seconds=settings.slice_seconds,
     )
+    stop = threading.Event()
+    runner = None
+    if settings.role in ("all", "worker"):
+        from consumer.work.slices import SliceDeps, SliceRunner, default_trainer
+
+        runner = SliceRunner(
+            SliceDeps(
+                settings=settings,
+                records=records,
+                results=results,
+                work=work,
+                line=line,
+                store_for=store_for,
+                owner=instance_owner(),
+                trainer=trainer or default_trainer(),
+                stop=stop,
+            )
+        )
+    intake = Intake(settings, records, results, work, line, store_for) if settings.role != "worker" else None
     return Services(
         settings=settings,
         publisher=publisher,
         store_for=store_for,
         records=records,
-        intake=Intake(settings, records, results, work, store_for),
+        line=line,
+        intake=intake,
         slices=runner,
         stop=stop,
     )

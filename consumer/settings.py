@@ -17,6 +17,12 @@ from consumer.errors import SettingsError
 
 PRESETS: tuple[str, ...] = ("full", "tiny")
 MESSAGING_KINDS: tuple[str, ...] = ("pubsub", "local")
+ROLES: tuple[str, ...] = ("all", "api", "worker")
+MAX_DISPATCH_DEADLINE_SECONDS = 1800  # Cloud Tasks' ceiling for an HTTP task
+# Part of each dispatch deadline kept out of the slice budget: instance start-up (image, CUDA,
+# assets), the restore before training and the checkpoint upload after it. A quarter, at most 300 s.
+SLICE_RESERVE_SHARE = 0.25
+SLICE_RESERVE_MAX_SECONDS = 300.0
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 
 
@@ -34,10 +40,36 @@ class Settings:
     )
     project: str = env_field("GOOGLE_CLOUD_PROJECT", "Google Cloud project of the topics", "local")
     inbox_prefix: str = env_field("INBOX_PREFIX", "only uploads under this prefix start jobs", "datasets/")
-    work_topic: str = env_field("WORK_TOPIC", "topic carrying work tokens {job_id, seq}", "rvc-work")
+    role: str = env_field(
+        "SERVICE_ROLE", "all (intake, status and slices), api (intake and status) or worker (slices)", "all"
+    )
     results_topic: str = env_field("RESULTS_TOPIC", "topic receiving the result CloudEvents", "rvc-results")
+    task_queue: str = env_field(
+        "TASK_QUEUE",
+        "work queue: projects/P/locations/L/queues/Q (Cloud Tasks) or file:///DIR (local); "
+        "default with file:// state: a `tasks` folder beside the state bucket",
+        "",
+    )
+    work_url: str = env_field("WORK_URL", "where work tasks are sent: the worker's https://…/work URL", "")
+    tasks_service_account: str = env_field(
+        "TASKS_SERVICE_ACCOUNT", "service account whose OIDC token work tasks carry (Cloud Tasks)", ""
+    )
+    tasks_audience: str = env_field(
+        "TASKS_AUDIENCE", "audience of the tasks' OIDC token; default: WORK_URL's origin", ""
+    )
+    dispatch_deadline_seconds: float = env_field(
+        "DISPATCH_DEADLINE_SECONDS",
+        "how long the queue waits for a slice's answer, s (Cloud Tasks allows 15 to 1800)",
+        float(MAX_DISPATCH_DEADLINE_SECONDS),
+    )
     slice_seconds: float = env_field(
-        "SLICE_SECONDS", "training time per work slice, s (keep it below the work ack deadline)", 480.0
+        "SLICE_SECONDS",
+        "work time per slice, s; default: DISPATCH_DEADLINE_SECONDS less a reserve for start-up and "
+        "upload (a quarter, at most 300 s); a larger value is refused",
+        0.0,
+    )
+    worker_slots: int = env_field(
+        "WORKER_SLOTS", "slices that run at once: the queue's max concurrent dispatches (GPU instances)", 1
     )
     lease_seconds: float = env_field(
         "LEASE_SECONDS", "a job lease not renewed for this long, s, is taken over (a crashed slice)", 60.0
@@ -89,6 +121,26 @@ class Settings:
     def __post_init__(self) -> None:
         if self.state_url == self.models_url:
             raise SettingsError("STATE_BUCKET and MODELS_BUCKET must differ")
+        limit = self.dispatch_deadline_seconds - slice_reserve(self.dispatch_deadline_seconds)
+        if self.slice_seconds == 0:
+            object.__setattr__(self, "slice_seconds", limit)  # derived: one knob, never two that disagree
+        elif self.slice_seconds > limit:
+            raise SettingsError(
+                f"SLICE_SECONDS={self.slice_seconds:g} leaves no reserve under DISPATCH_DEADLINE_SECONDS="
+                f"{self.dispatch_deadline_seconds:g}: at most {limit:g} (or leave it unset)"
+            )
+        if self.task_queue_url.startswith("projects/") and not self.work_url:
+            raise SettingsError("WORK_URL is required with a Cloud Tasks TASK_QUEUE (the worker's /work URL)")
+        if not self.task_queue_url:
+            raise SettingsError("TASK_QUEUE is required with gs:// buckets (projects/P/locations/L/queues/Q)")
+
+    @property
+    def task_queue_url(self) -> str:
+        if self.task_queue:
+            return self.task_queue.rstrip("/")
+        if self.state_url.startswith("file://"):
+            return f"{self.state_url.rsplit('/', 1)[0]}/tasks"
+        return ""
 
     @property
     def state_url(self) -> str:
@@ -184,6 +236,23 @@ def _choice(options: tuple[str, ...]) -> Callable[[str], str]:
     return parse
 
 
+def slice_reserve(dispatch_deadline_seconds: float) -> float:
+    return min(SLICE_RESERVE_MAX_SECONDS, dispatch_deadline_seconds * SLICE_RESERVE_SHARE)
+
+
+def _task_queue(raw: str) -> str:
+    parts = raw.strip("/").split("/")
+    if raw.startswith("file:///") or (len(parts) == 6 and parts[::2] == ["projects", "locations", "queues"]):
+        return raw
+    raise ValueError("must be projects/PROJECT/locations/REGION/queues/QUEUE or file:///DIR")
+
+
+def _http_url(raw: str) -> str:
+    if not raw.startswith(("https://", "http://")):
+        raise ValueError("must be an http(s):// URL")
+    return raw
+
+
 def _prefix(raw: str) -> str:
     # An empty prefix would take every object of the bucket; "/" alone means the same.
     value = raw.lstrip("/")
@@ -196,7 +265,12 @@ PARSERS: dict[str, Callable[[str], Any]] = {
     "state_bucket": _bucket,
     "models_bucket": _bucket,
     "inbox_prefix": _prefix,
-    "slice_seconds": _number(1, 3600),
+    "role": _choice(ROLES),
+    "task_queue": _task_queue,
+    "work_url": _http_url,
+    "dispatch_deadline_seconds": _number(15, MAX_DISPATCH_DEADLINE_SECONDS),
+    "slice_seconds": _number(0.1, MAX_DISPATCH_DEADLINE_SECONDS),
+    "worker_slots": _integer(1, 1000),
     "lease_seconds": _number(3, 3600),
     "max_consecutive_failures": _integer(1, 100),
     "progress_every_epochs": _integer(1, 10_000),

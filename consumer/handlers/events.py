@@ -21,6 +21,7 @@ def handle(services: Services) -> tuple[Response, int]:
         level = logging.WARNING if delivery.malformed else logging.INFO
         log(logger, level, f"delivery ignored: {delivery.reason}", malformed=delivery.malformed)
         return jsonify(outcome="ignored", reason=delivery.reason), 200
+    assert services.intake is not None  # the route exists for roles all and api only
     result = services.intake.accept_upload(delivery)
     if result.outcome == "ignored":
         services.counters["ignored_deliveries"] += 1

@@ -16,6 +16,7 @@ def handle(services: Services) -> tuple[Response, int]:
     if not isinstance(body, dict) or not body.get("dataset_url"):
         message = "the body must be a JSON object with at least dataset_url"
         return jsonify(error={"code": INVALID_REQUEST, "message": message}), 400
+    assert services.intake is not None  # the route exists for roles all and api only
     result = services.intake.accept_request(body)
     if result.outcome == "rejected":
         error = result.error or {"code": INVALID_REQUEST, "message": result.reason}

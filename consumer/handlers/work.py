@@ -1,4 +1,5 @@
-"""`POST /work`: one slice of one job. The status tells Pub/Sub whether to redeliver (429/503)."""
+"""`POST /work`: one slice of one job, delivered by the task queue. Any answer but 2xx (429, 503)
+makes the queue retry the task later, without counting it against the job."""
 
 from __future__ import annotations
 
@@ -6,9 +7,10 @@ import logging
 
 from flask import Response, jsonify, request
 
+from consumer.handlers.jobs import JOB_ID
 from consumer.logs import log
 from consumer.services import Services
-from consumer.work.slices import read_work_delivery
+from consumer.work.tokens import read_work_delivery
 
 logger = logging.getLogger(__name__)
 
@@ -19,6 +21,11 @@ def handle(services: Services) -> tuple[Response, int]:
         services.counters["malformed_tokens"] += 1
         log(logger, logging.WARNING, f"work delivery dropped: {token}")
         return jsonify(outcome="malformed", detail=token), 200
+    if not JOB_ID.match(token.job_id):
+        services.counters["malformed_tokens"] += 1
+        log(logger, logging.WARNING, "work delivery dropped: not a job id")
+        return jsonify(outcome="malformed", detail="not a job id"), 200
+    assert services.slices is not None  # the route exists for roles all and worker only
     answer = services.slices.run(token)
     response = jsonify(answer.as_json())
     if answer.http_status == 429:

@@ -20,8 +20,9 @@ from consumer.errors import INVALID_REQUEST, InvalidMetadata, NotFound
 from consumer.jobs.metadata import build_job_spec, default_model_name, requested_spec
 from consumer.jobs.records import JobRecord, JobRecords, SourceObject, job_id_for, source_key
 from consumer.jobs.results import ResultKind, Results, claim_announcement, mark_announced
+from consumer.jobs.waiting import WaitingLine
 from consumer.logs import log
-from consumer.work.slices import WorkQueue, WorkToken
+from consumer.work.tokens import WorkQueue, WorkToken
 
 if TYPE_CHECKING:
     from consumer.adapters.storage import ObjectStore
@@ -79,12 +80,14 @@ class Intake:
         records: JobRecords,
         results: Results,
         work: WorkQueue,
+        line: WaitingLine,
         store_for: Callable[[str], ObjectStore],
     ) -> None:
         self.settings = settings
         self.records = records
         self.results = results
         self.work = work
+        self.line = line
         self.store_for = store_for
 
     def accept_upload(self, event: ObjectFinalized) -> IntakeResult:
@@ -174,7 +177,9 @@ class Intake:
 
     def _announce(self, record: JobRecord, *, claimed: bool) -> JobRecord | None:
         """What a new job owes the world, once: `failed` for refused metadata; else the newest-upload
-        pointer, work token #0 and `accepted`. None: a duplicate delivery is doing it right now."""
+        pointer, its place in the waiting line, `accepted`, `queued` and work task #0. Each step is
+        safe to repeat (a redelivery after a crash): results keep their ids, the task its name.
+        None: a duplicate delivery is doing it right now."""
         due = _due_result(record)
         if due in record.announced:
             return record
@@ -186,8 +191,14 @@ class Intake:
                 return None
         if due == "accepted":
             self.records.claim_newest(record.model_name, record.job_id, record.source.generation)
-            self.work.publish(WorkToken(record.job_id, 0))
-        self.results.publish(due, record)
+            self.line.enter(record)  # before the task: its first slice takes the job out of the line
+            self.results.publish(due, record)
+            position = self.line.position(record)
+            queue = {"queue": position.as_json()} if position else {}
+            self.results.publish("progress", record, extra=queue, extra_id="queued")
+            self.work.enqueue(WorkToken(record.job_id, 0))
+        else:
+            self.results.publish(due, record)
         return mark_announced(self.records, record.job_id, due)
 
 

@@ -1,8 +1,9 @@
 """`python -m consumer demo`: one training job end to end with nothing from Google.
 
-Buckets are folders (`file://`), Pub/Sub is the in-process local bus, training is rvc_core's tiny
-preset on CPU with random-initialised networks. The finalize notification goes through the bus to
-the real `/events` handler, work tokens to the real `/work` handler, and the results are printed.
+Buckets are folders (`file://`), Pub/Sub is the in-process local bus, the work queue is the
+folder-backed local task queue, training is rvc_core's tiny preset on CPU with random-initialised
+networks. The finalize notification goes through the bus to the real `/events` handler, work tasks
+through the local dispatcher to the real `/work` handler, and the results are printed.
 
 `LocalStack` is that wiring on its own, reused by the tests with a fake trainer.
 """
@@ -14,6 +15,7 @@ import base64
 import json
 import shutil
 import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,6 +26,7 @@ if TYPE_CHECKING:
     from consumer.adapters.messaging import PushRequest
     from consumer.adapters.messaging.local_bus import LocalBus
     from consumer.adapters.storage import ObjectInfo
+    from consumer.adapters.tasks.local import LocalTask
     from consumer.jobs.results import ReceivedResult
     from consumer.services import Services
     from consumer.work.slices import Trainer
@@ -35,7 +38,8 @@ DEMO_FOLDERS = ("inbox", "state", "models", "scratch", "upload")
 
 class LocalStack:
     """`root/{inbox,state,models}` as buckets, the local bus with push subscriptions to the real
-    handlers (through Flask's test client), and every result collected in `results`."""
+    handlers (through Flask's test client), the local task queue (`root/tasks`) dispatching to
+    `/work` with `slots` concurrent deliveries, and every result collected in `results`."""
 
     def __init__(
         self,
@@ -45,9 +49,11 @@ class LocalStack:
         trainer: Trainer | None = None,
         bus: LocalBus | None = None,
         on_result: Callable[[ReceivedResult], None] | None = None,
+        slots: int = 1,
     ) -> None:
         from consumer.adapters.messaging.local_bus import LocalBus
         from consumer.adapters.storage import open_store
+        from consumer.adapters.tasks.local import LocalDispatcher, LocalTaskQueue
         from consumer.app import create_app
         from consumer.services import build_services
         from consumer.settings import Settings
@@ -62,12 +68,17 @@ class LocalStack:
             "RVC_ASSETS": "none",
             "RVC_PRETRAINED": "none",
             "DEVICE": "cpu",
+            "TASK_QUEUE": f"file://{self.root / 'tasks'}",
+            "WORKER_SLOTS": str(slots),
         }
         for folder in ("inbox", "state", "models"):
             (self.root / folder).mkdir(parents=True, exist_ok=True)
         self.settings = Settings.from_env({**defaults, **(env or {})})
         self.bus = bus or LocalBus(project=self.settings.project, min_backoff=0.02, max_backoff=0.5)
-        self.services: Services = build_services(self.settings, publisher=self.bus, trainer=trainer)
+        self.tasks = LocalTaskQueue(self.root / "tasks")
+        self.services: Services = build_services(
+            self.settings, publisher=self.bus, trainer=trainer, tasks=self.tasks
+        )
         self.client: FlaskClient = create_app(self.services, handle_sigterm=False).test_client()
         self.inbox = open_store(f"file://{self.root / INBOX_BUCKET}")
         self.results: list[ReceivedResult] = []
@@ -75,16 +86,20 @@ class LocalStack:
         self.statuses: dict[str, list[int]] = {"/events": [], "/work": []}
         self.work_answers: list[dict[str, Any]] = []  # /work's JSON answers, timings included
         self.bus.subscribe(INTAKE_TOPIC, lambda req: self._push("/events", req), name="rvc-intake-push")
-        self.bus.subscribe(
-            self.settings.work_topic, lambda req: self._push("/work", req), name="rvc-work-push"
+        self.dispatcher = LocalDispatcher(
+            self.tasks, self._work, max_concurrent=slots, min_backoff=0.02, max_backoff=0.5
         )
         self.bus.subscribe(self.settings.results_topic, self._collect, name="rvc-results-collect")
 
     def _push(self, path: str, request: PushRequest) -> int:
         response = self.client.post(path, data=request.body, headers=request.headers)
         self.statuses[path].append(response.status_code)
-        if path == "/work":
-            self.work_answers.append(response.get_json())
+        return response.status_code
+
+    def _work(self, task: LocalTask) -> int:
+        response = self.client.post("/work", data=task.body_bytes, headers=task.headers)
+        self.statuses["/work"].append(response.status_code)
+        self.work_answers.append(response.get_json())
         return response.status_code
 
     def _collect(self, request: PushRequest) -> int:
@@ -128,8 +143,21 @@ class LocalStack:
         self.bus.publish(INTAKE_TOPIC, json.dumps(resource).encode(), attributes)
 
     def run(self, timeout: float | None = 600.0) -> int:
-        """Delivers until every message is acked (or dead-lettered)."""
-        return self.bus.run_until_idle(timeout=timeout)
+        """Delivers messages and tasks until none is left; returns the tasks dispatched."""
+        started = time.monotonic()
+
+        def left() -> float | None:
+            return None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
+
+        while True:
+            self.bus.run_until_idle(timeout=left())
+            dispatched = self.dispatcher.step()
+            if self.dispatcher.idle() and self.bus.pending() == 0:
+                return self.dispatcher.dispatched
+            if timeout is not None and not left():
+                raise TimeoutError(f"still {self.tasks.waiting()} tasks queued after {timeout} s")
+            if not dispatched:
+                time.sleep(0.005)
 
     def finals(self, job_id: str | None = None) -> list[ReceivedResult]:
         return [

@@ -2,21 +2,20 @@
 
 A slice takes the job's lease (compare-and-swap on the record), restores the work dir from the
 state bucket, runs the pipeline until the slice budget (SLICE_SECONDS) is spent, uploads what
-changed, publishes the next token and only then advances the record and answers 2xx. Every step
-is safe to lose: an unanswered token is redelivered and the next slice resumes from the last
-uploaded state.
+changed, queues the next token's task and only then advances the record and answers 2xx. Every
+step is safe to lose: the queue retries an unanswered task and the next slice resumes from the
+last uploaded state.
 
-Token rules: a token behind the record's `seq` is stale (acked and dropped); one ahead of it was
-published just before its predecessor advanced the record (retry later); a job leased by a live
+Token rules: a token behind the record's `seq` is stale (done, dropped); one ahead of it was
+queued just before its predecessor advanced the record (retry later); a job leased by a live
 owner is retried later; a lease that expired means its slice died, which counts as a failure. A
 job failing MAX_CONSECUTIVE_FAILURES slices in a row is marked failed. A newer upload of the same
-model name supersedes an unfinished job. Each job publishes exactly one final result.
+model name supersedes an unfinished job. Each job publishes exactly one final result. A "retry
+later" answer costs the job nothing: the queue retries without limit, so waiting never fails.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import logging
 import shutil
@@ -30,120 +29,23 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 from consumer.errors import SLICE_FAILED, SLICE_LOST, NotFound, PreconditionFailed, Superseded
 from consumer.jobs.records import JobRecord, JobRecords, Lease, job_id_for, source_key
 from consumer.jobs.results import Results, final_kind, publish_once
+from consumer.jobs.waiting import WaitingLine
 from consumer.logs import log
 from consumer.work.artifacts import publish_artifacts
+from consumer.work.lease import LeaseKeeper
 from consumer.work.mirror import WorkdirMirror
+from consumer.work.progress import ProgressReporter, progress_numbers
 from consumer.work.timings import Stopwatch
+from consumer.work.tokens import WorkQueue, WorkToken
 from rvc_core.errors import RvcError
 
 if TYPE_CHECKING:
-    from consumer.adapters.messaging import Publisher
     from consumer.adapters.storage import ObjectStore
     from consumer.settings import Settings
     from rvc_core.progress import ProgressEvent
 
 logger = logging.getLogger(__name__)
 HISTORY_LENGTH = 50  # slices kept in a record's history
-
-
-# --- work tokens ----------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class WorkToken:
-    job_id: str
-    seq: int
-
-    def encode(self) -> bytes:
-        return json.dumps({"job_id": self.job_id, "seq": self.seq}).encode()
-
-    @classmethod
-    def decode(cls, data: bytes | str) -> WorkToken:
-        raw = json.loads(data)
-        if not isinstance(raw, dict) or not isinstance(raw.get("job_id"), str):
-            raise ValueError("a work token is {job_id, seq}")
-        seq = raw.get("seq")
-        if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
-            raise ValueError("a work token's seq is a non-negative integer")
-        return cls(raw["job_id"], seq)
-
-
-def read_work_delivery(body: bytes) -> WorkToken | str:
-    """A push delivery of a work token (wrapped envelope or the raw token) → the token, or why not."""
-    try:
-        raw = json.loads(body or b"null")
-        if isinstance(raw, dict) and isinstance(raw.get("message"), dict):
-            data = base64.b64decode(raw["message"].get("data") or "", validate=True)
-            return WorkToken.decode(data)
-        return WorkToken.decode(body)
-    except (ValueError, binascii.Error, UnicodeDecodeError) as err:
-        return f"not a work token: {err}"
-
-
-class WorkQueue:
-    """Publishes tokens to the work topic."""
-
-    def __init__(self, publisher: Publisher, topic: str) -> None:
-        self.publisher = publisher
-        self.topic = topic
-
-    def publish(self, token: WorkToken) -> str:
-        return self.publisher.publish(
-            self.topic, token.encode(), {"job_id": token.job_id, "seq": str(token.seq)}
-        )
-
-
-# --- the lease, renewed while a slice runs --------------------------------------------------------
-class LeaseKeeper:
-    """Renews the job's lease every third of its life, carrying the latest progress into the record.
-
-    If a renewal finds the lease gone (it expired and another owner took the job), `lost` is set and
-    the slice stops at its next clean point without advancing the job.
-    """
-
-    def __init__(
-        self, records: JobRecords, job_id: str, owner: str, ttl: float, clock: Callable[[], float]
-    ) -> None:
-        self.records = records
-        self.job_id = job_id
-        self.owner = owner
-        self.ttl = ttl
-        self.clock = clock
-        self.lost = threading.Event()
-        self._done = threading.Event()
-        self._progress: dict[str, Any] | None = None
-        self._stage: str | None = None
-        self._thread = threading.Thread(target=self._run, name=f"lease-{job_id}", daemon=True)
-
-    def __enter__(self) -> LeaseKeeper:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._done.set()
-        self._thread.join(timeout=self.ttl)
-
-    def note_progress(self, stage: str, progress: dict[str, Any]) -> None:
-        self._stage, self._progress = stage, progress
-
-    def _run(self) -> None:
-        while not self._done.wait(self.ttl / 3):
-            try:
-                self.renew()
-            except Exception as err:  # a failed renewal is retried at the next beat; expiry decides
-                log(logger, logging.WARNING, "lease renewal failed", job_id=self.job_id, error=repr(err))
-
-    def renew(self) -> None:
-        stage, progress = self._stage, self._progress
-
-        def extend(r: JobRecord) -> bool:
-            if r.lease is None or r.lease.owner != self.owner:
-                self.lost.set()
-                return False
-            r.lease = Lease(self.owner, self.clock() + self.ttl)
-            if progress is not None:
-                r.stage, r.progress = stage or r.stage, progress
-            return True
-
-        self.records.update(self.job_id, extend)
 
 
 # --- the trainer and the slice --------------------------------------------------------------------
@@ -184,7 +86,7 @@ Outcome = Literal[
     "lease_lost",
     "shutting_down",
 ]
-# Pub/Sub redelivers anything but 102/200/201/202/204: 429 and 503 mean "later", with backoff.
+# The queue retries anything but 2xx, with bounded backoff and no limit: 429 and 503 mean "later".
 HTTP_STATUS: dict[Outcome, int] = {
     "advanced": 200,
     "finished": 200,
@@ -201,7 +103,7 @@ HTTP_STATUS: dict[Outcome, int] = {
 }
 
 
-LeaseDecision = Literal["taken", "final", "stale", "ahead", "busy"]
+LeaseDecision = Literal["taken", "started", "final", "stale", "ahead", "busy"]
 
 
 @dataclass(frozen=True)
@@ -236,7 +138,7 @@ SLICE_PARTS: dict[str, str] = {
     "run_job": "rvc_core.job.run_job, less the progress publishing it called back into",
     "progress": "publish progress results (called from inside run_job)",
     "sync": "upload new and changed work-dir files",
-    "publish_token": "publish the next work token",
+    "queue_next": "create the next work token's task",
     "advance": "advance the record (compare-and-swap)",
     "artifacts": "upload the model files (last slice)",
     "finalise": "final status, the final result, removing the job's work files (last slice)",
@@ -250,6 +152,7 @@ class SliceDeps:
     records: JobRecords
     results: Results
     work: WorkQueue
+    line: WaitingLine
     store_for: Callable[[str], ObjectStore]  # the store serving a URI
     owner: str  # this instance and process
     trainer: Trainer
@@ -324,7 +227,9 @@ class SliceRunner:
                     "busy", "another delivery is publishing the final result", token.job_id, token.seq
                 )
             return SliceAnswer("stale", f"job already {record.status}", token.job_id, token.seq)
-        if decision != "taken":
+        if decision == "started":
+            self._announce_start(record)
+        elif decision != "taken":
             return SliceAnswer(decision, _DECISION_DETAIL[decision], token.job_id, token.seq)
         s = _Slice(token, record, d.clock(), int(record.progress.get("epoch") or 0), deadline, watch)
         log(logger, logging.INFO, "slice started", job_id=s.job_id, seq=token.seq, owner=d.owner)
@@ -432,19 +337,28 @@ class SliceRunner:
                 r.consecutive_failures += 1
                 r.error = _error(r.stage, SLICE_LOST, f"slice {r.seq} stopped without finishing", True)
             r.lease = Lease(d.owner, now + d.settings.lease_seconds)
+            decision[0] = "started" if r.status == "queued" else "taken"
             r.status = "running"
-            decision[0] = "taken"
             return True
 
         record = d.records.update(token.job_id, take)
         return decision[0], record
 
+    def _announce_start(self, record: JobRecord) -> None:
+        """The job's first slice: it leaves the waiting line, and `running` goes out (once per id)."""
+        try:
+            self.deps.line.started(record)
+            self.deps.results.publish("progress", record, extra_id="running")
+        except Exception as err:  # informative only: the slice goes on
+            log(logger, logging.WARNING, "start announcement failed", job_id=record.job_id, error=repr(err))
+
     def _advance(self, s: _Slice, progress: Any) -> SliceAnswer:
         d = self.deps
-        # The next token goes out first: if this process dies now, this token is redelivered and the
-        # slice re-runs; the other order could lose the job (record advanced, no token in flight).
-        with s.watch.part("publish_token"):
-            d.work.publish(WorkToken(s.job_id, s.token.seq + 1))
+        # The next task is queued first: if this process dies now, this task is retried and the slice
+        # re-runs (its re-queue of the next task is refused by name); the other order could lose the
+        # job (record advanced, no task in the queue).
+        with s.watch.part("queue_next"):
+            d.work.enqueue(WorkToken(s.job_id, s.token.seq + 1))
         advanced = [False]
 
         def advance(r: JobRecord) -> bool:
@@ -457,7 +371,7 @@ class SliceRunner:
             r.consecutive_failures = 0
             r.error = None
             r.stage = progress.stage
-            r.progress = _progress_of(progress)
+            r.progress = progress_numbers(progress)
             r.dataset_report = progress.dataset_report or r.dataset_report
             advanced[0] = True
             return True
@@ -475,7 +389,7 @@ class SliceRunner:
             r.artifacts = artifacts
             r.metrics = dict(progress.metrics)
             r.dataset_report = progress.dataset_report or r.dataset_report
-            r.progress = _progress_of(progress)
+            r.progress = progress_numbers(progress)
             r.stage = "done"
             r.error = None
 
@@ -524,6 +438,7 @@ class SliceRunner:
 
         record = d.records.update(job_id, apply)
         published = publish_once(d.results, d.records, record, final_kind(record), claimed=moved[0])
+        d.line.leave(record)
         self._forget_work(job_id)
         return published or record
 
@@ -586,67 +501,11 @@ _DECISION_DETAIL: dict[str, str] = {
 }
 
 
-# --- progress -------------------------------------------------------------------------------------
-class ProgressReporter:
-    """rvc_core's progress callback: publishes `progress` results at each new stage and every N epochs,
-    and hands the latest numbers to the lease keeper so `GET /jobs/<id>` shows them."""
-
-    def __init__(
-        self,
-        results: Results,
-        record: JobRecord,
-        keeper: LeaseKeeper,
-        every_epochs: int,
-        watch: Stopwatch | None = None,
-    ) -> None:
-        self.results = results
-        self.record = record
-        self.keeper = keeper
-        self.every_epochs = every_epochs
-        self.watch = watch or Stopwatch()
-        self._last: tuple[str, int | None] | None = None
-
-    def __call__(self, event: ProgressEvent) -> None:
-        snapshot = {**_progress_of(event), "message": event.message}
-        self.keeper.note_progress(event.stage, snapshot)
-        if not self._worth_publishing(event):
-            return
-        self._last = (event.stage, event.epoch)
-        self.record.stage = event.stage
-        self.record.progress = snapshot
-        try:
-            with self.watch.part("progress"):
-                self.results.publish("progress", self.record, extra_id=f"{event.stage}.{event.epoch or 0}")
-        except Exception as err:  # progress is informative; a failed publish must not stop training
-            log(
-                logger, logging.WARNING, "progress publish failed", job_id=self.record.job_id, error=repr(err)
-            )
-
-    def _worth_publishing(self, event: ProgressEvent) -> bool:
-        if self._last is None or self._last[0] != event.stage:
-            return True
-        if event.epoch is None or event.epoch == self._last[1]:
-            return False
-        return event.epoch % self.every_epochs == 0 or event.epoch == event.epochs
-
-
 # --- small helpers ----------------------------------------------------------------------------------
 def _job_spec(record: JobRecord) -> Any:
     from rvc_core.job import JobSpec
 
     return JobSpec(**record.spec)
-
-
-def _progress_of(progress: Any) -> dict[str, Any]:
-    """The numbers of a `ProgressEvent` or a `JobProgress`, as the record's `progress` keeps them."""
-    return {
-        "stage": progress.stage,
-        "epoch": progress.epoch,
-        "epochs": progress.epochs,
-        "step": progress.step,
-        "losses": dict(progress.losses),
-        "eta_seconds": progress.eta_seconds,
-    }
 
 
 def _error(stage: str | None, code: str, message: str, retryable: bool) -> dict[str, Any]:
