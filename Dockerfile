@@ -1,17 +1,24 @@
 # syntax=docker/dockerfile:1
-# The rvc-trainer service for Cloud Run with one NVIDIA L4 (see docs/deploy.md for sizes and cold start).
+# The rvc-trainer images, one codebase, two targets (see docs/deploy.md for sizes and cold start):
 #
-#   docker build -t rvc-trainer .                       weights baked in (/opt/rvc-assets)
-#   docker build --build-arg BAKE_ASSETS=0 -t rvc-trainer .   weights read from RVC_ASSETS=gs://… at start
+#   docker build --target worker -t rvc-worker .     GPU image (one NVIDIA L4), weights baked in
+#   docker build --target worker --build-arg BAKE_ASSETS=0 -t rvc-worker .   weights from gs:// at start
+#   docker build --target api -t rvc-api .           CPU front, no torch (topology "scale-out")
 #
-# Stages: `python` (CPython 3.11 from uv), `builder` (the virtualenv; compilers stay here),
-# `assets` (weights downloaded and checksum-verified), and the runtime image that copies their results.
+# Both run `python -m consumer serve --role ROLE`; Terraform sets the role per service (the worker
+# image defaults to "all": intake, status and slices on one GPU service).
+# Worker stages: `python` (CPython 3.11 from uv), `builder` (the virtualenv; compilers stay here),
+# `assets` (weights downloaded and checksum-verified), `worker` (copies their results).
+# Api stages: `api-builder` (the virtualenv from requirements-api.txt), `api`.
+# BuildKit builds only the stages a target needs (Cloud Build: DOCKER_BUILDKIT=1).
 
 # CUDA 12.8 user space, matching torch 2.9.1's PyPI wheels (+cu128). Those wheels bring their own CUDA
 # libraries (nvidia-*-cu12), so the small `base` flavour suffices; Cloud Run injects the driver (L4:
 # a CUDA 12.x driver, which runs 12.8 code through minor-version compatibility).
 ARG CUDA_BASE=nvidia/cuda:12.8.1-base-ubuntu24.04
 ARG UV_IMAGE=ghcr.io/astral-sh/uv:0.13.9
+# The api image needs no CUDA: Debian's slim CPython image of the same minor version as the worker's.
+ARG API_BASE=python:3.11-slim-bookworm
 
 FROM ${UV_IMAGE} AS uv
 
@@ -59,8 +66,40 @@ RUN if [ "${BAKE_ASSETS}" = "1" ]; then \
         mkdir -p /opt/rvc-assets; \
     fi
 
-# --- runtime ---------------------------------------------------------------------------------------------
-FROM ${CUDA_BASE} AS runtime
+# --- api: the CPU front (role api): intake, /train, status; no torch, starts in seconds ------------------
+FROM ${API_BASE} AS api-builder
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+COPY --from=uv /uv /usr/local/bin/uv
+ENV UV_LINK_MODE=copy \
+    UV_NO_CACHE=1 \
+    UV_COMPILE_BYTECODE=1 \
+    VIRTUAL_ENV=/opt/venv
+COPY requirements-api.txt /tmp/requirements-api.txt
+# The base image's interpreter, which the api stage has at the same path.
+RUN uv venv --python /usr/local/bin/python3 /opt/venv \
+    && uv pip install -r /tmp/requirements-api.txt
+
+FROM ${API_BASE} AS api
+RUN groupadd --gid 10001 rvc \
+    && useradd --uid 10001 --gid rvc --create-home --shell /usr/sbin/nologin rvc
+COPY --from=api-builder /opt/venv /opt/venv
+WORKDIR /app
+COPY rvc_core ./rvc_core
+COPY consumer ./consumer
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONPATH=/app \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    HOME=/home/rvc \
+    DEVICE=cpu \
+    PORT=8080
+USER 10001:10001
+EXPOSE 8080
+CMD ["python", "-m", "consumer", "serve", "--role", "api"]
+
+# --- worker: the GPU service (role all by default, worker in scale-out) --------------------------------------
+# Last stage, so a plain `docker build .` still gives the GPU image.
+FROM ${CUDA_BASE} AS worker
 # Ubuntu's security updates replace exact versions within days, so pins would break rebuilds; the
 # base image tag fixes the release (24.04) and with it the package line.
 # hadolint ignore=DL3008
@@ -87,6 +126,6 @@ ENV PATH=/opt/venv/bin:$PATH \
     PORT=8080
 USER 10001:10001
 EXPOSE 8080
-# One worker, no worker timeout (Cloud Run owns request timeouts); Cloud Run gives 10 s after SIGTERM,
-# so the slice gets 8 of them to stop at a clean point and answer.
-CMD ["/bin/sh", "-c", "exec gunicorn --workers 1 --timeout 0 --graceful-timeout 8 --bind \":${PORT}\" 'consumer.app:create_app_from_env()'"]
+# `serve` runs gunicorn: one process (one GPU), request threads, no worker timeout (Cloud Run owns
+# request timeouts) and a graceful stop inside Cloud Run's 10 s after SIGTERM (consumer/__main__.py).
+CMD ["python", "-m", "consumer", "serve", "--role", "all"]

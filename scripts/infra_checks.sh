@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Offline checks of the deploy files: terraform fmt, the HCL wiring assertions, checkov, hadolint,
 # a shell lint of the scripts, and the dead-letter function under its real framework.
+# The function is loaded from its deploy archive's layout (terraform/function.tf), not from the checkout.
 # Each tool lives in its own cached virtualenv, created on first use like scripts/venv.sh does:
 # ${XDG_CACHE_HOME:-$HOME/.cache}/rvc-trainer/<name>-<hash of its requirements file>, from
 # requirements-hcl.txt, requirements-checkov.txt and functions/dead_letter/requirements.txt.
@@ -84,13 +85,48 @@ check_hadolint() {
   "$venv/bin/hadolint" --failure-threshold style "$here/Dockerfile"
 }
 
+# The dead-letter function's deploy archive, built as terraform/function.tf builds it: functions/dead_letter/*
+# at the root, plus the shared files and packages its locals list (read from there, not repeated here).
+stage_dead_letter() {
+  local into=$1 venv
+  venv=$(tool_venv hcl)
+  "$venv/bin/python" - "$here" "$into" <<'PY'
+import pathlib, shutil, sys
+
+import hcl2
+
+root, into = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+with (root / "terraform" / "function.tf").open() as handle:
+    parsed = hcl2.load(handle)
+local_values = {k: v for block in parsed["locals"] for k, v in block.items()}
+names = {key: [item.strip('"') for item in local_values[key]]
+         for key in ("dead_letter_shared_files", "dead_letter_shared_packages")}
+skip = shutil.ignore_patterns("__pycache__", ".pytest_cache", "*.pyc")
+shutil.copytree(root / "functions" / "dead_letter", into, dirs_exist_ok=True, ignore=skip)
+for name in names["dead_letter_shared_files"]:
+    (into / name).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(root / name, into / name)
+for name in names["dead_letter_shared_packages"]:
+    if (root / name).is_dir():
+        shutil.copytree(root / name, into / name, ignore=skip)
+PY
+}
+
 check_function() {
-  echo "== dead-letter function (its pinned requirements, loaded by functions-framework)" >&2
-  local venv
+  echo "== dead-letter function (its deploy archive's layout, its pinned requirements, functions-framework)" >&2
+  local venv staged
   venv=$(tool_venv function "$here/functions/dead_letter/requirements.txt")
-  # Loads main.py under the real framework and posts one unreadable event: the pins install together,
-  # `handle` is a CloudEvent function, and an event it cannot read is acked (200), not retried.
-  (cd "$here/functions/dead_letter" && "$venv/bin/python" - >/dev/null <<'PY'
+  staged=$(mktemp -d)
+  stage_dead_letter "$staged" || { rm -rf "$staged"; return 1; }
+  # Loads main.py under the real framework from the archive's layout alone (no checkout on the path:
+  # nothing of consumer/ beyond the job protocol, no rvc_core) and posts one unreadable event: the pins
+  # install together, every import resolves, `handle` is a CloudEvent function, and an event it
+  # cannot read is acked (200), not retried.
+  local status=0
+  (cd "$staged" && "$venv/bin/python" -I - >/dev/null <<'PY'
+import sys
+
+sys.path.insert(0, ".")  # -I dropped the environment's paths; the archive's root is the function's
 from functions_framework import create_app
 
 app = create_app(target="handle", source="main.py", signature_type="cloudevent")
@@ -103,7 +139,9 @@ headers = {
 reply = app.test_client().post("/", headers=headers, json={"subscription": "no message"})
 assert reply.status_code == 200, (reply.status_code, reply.get_data(as_text=True))
 PY
-  )
+  ) || status=$?
+  rm -rf "$staged"
+  return "$status"
 }
 
 check_shellcheck() {

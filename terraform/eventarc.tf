@@ -1,4 +1,5 @@
-# trigger = "eventarc": an Eventarc Cloud Storage trigger instead of the notification + intake topic.
+# trigger = "eventarc": an Eventarc Cloud Storage trigger instead of the notification + intake topic,
+# delivering to the front service (the GPU service with topology "single", the CPU one with "scale-out").
 # Trade-offs (docs/deploy.md): it fires for every finalized object of the inbox bucket (no prefix
 # filter; the service ignores objects outside INBOX_PREFIX with a 2xx), and its managed subscription
 # has a 10 s ack deadline that Terraform cannot change (intake answers well within it).
@@ -21,7 +22,7 @@ resource "google_eventarc_trigger" "intake" {
 
   destination {
     cloud_run_service {
-      service = google_cloud_run_v2_service.trainer.name
+      service = local.front_service_name
       region  = var.region
       path    = "/events"
     }
@@ -33,5 +34,6 @@ resource "google_eventarc_trigger" "intake" {
     google_project_iam_member.eventarc_receives_events,
     google_project_iam_member.storage_agent_publishes_events,
     google_cloud_run_v2_service_iam_member.eventarc_invokes_trainer,
+    google_cloud_run_v2_service_iam_member.eventarc_invokes_api,
   ]
 }

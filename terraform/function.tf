@@ -1,12 +1,52 @@
-# The dead-letter function (Cloud Functions gen2, CPU): every message that exhausted its delivery
-# attempts on the intake or work subscription becomes one `failed` result, unless its job already
-# has a final one (functions/dead_letter/main.py).
+# The dead-letter function (Cloud Functions gen2, CPU): every upload notification that exhausted its
+# delivery attempts on the intake subscription becomes one `failed` result, unless its job already has
+# a final one (functions/dead_letter/main.py). Work slices are never dead-lettered: the work queue
+# retries them without limit and the app fails a job after MAX_CONSECUTIVE_FAILURES slices.
 
+# The deploy archive: functions/dead_letter/* at its root, plus the shared job protocol package at
+# the same paths as in this repository, so that `import consumer.jobs…` works there as in the services
+# (one implementation, not a copy). Nothing else of consumer/ or rvc_core/ goes in: these modules must
+# import only each other, the standard library and functions/dead_letter/requirements.txt.
+# scripts/infra_checks.sh `function` reads these two lists, builds exactly this layout and loads the
+# function from it under functions-framework.
+locals {
+  repository_root = "${path.module}/.."
+  dead_letter_dir = "${local.repository_root}/functions/dead_letter"
+
+  # consumer.jobs raises consumer.errors' exceptions, which derive from rvc_core.errors'.
+  dead_letter_shared_files    = ["consumer/__init__.py", "consumer/errors.py", "rvc_core/__init__.py", "rvc_core/errors.py"]
+  dead_letter_shared_packages = ["consumer/jobs"]
+
+  # Path in the archive → file on this machine.
+  dead_letter_archive_files = merge(
+    {
+      for file in fileset(local.dead_letter_dir, "**") : file => "${local.dead_letter_dir}/${file}"
+      if !strcontains(file, "__pycache__") && !strcontains(file, ".pytest_cache") && !endswith(file, ".pyc")
+    },
+    { for file in local.dead_letter_shared_files : file => "${local.repository_root}/${file}" },
+    merge([
+      for package in local.dead_letter_shared_packages : {
+        for file in fileset("${local.repository_root}/${package}", "**/*.py") :
+        "${package}/${file}" => "${local.repository_root}/${package}/${file}"
+        if !strcontains(file, "__pycache__")
+      }
+    ]...),
+  )
+}
+
+# One `source` block per file (archive_file takes several `source` blocks, each a text file's content
+# and its path in the zip), so no staging folder is needed and the zip changes only with its files.
 data "archive_file" "dead_letter" {
   type        = "zip"
-  source_dir  = "${path.module}/../functions/dead_letter"
   output_path = "${path.module}/.terraform/build/dead_letter.zip"
-  excludes    = ["__pycache__"]
+
+  dynamic "source" {
+    for_each = local.dead_letter_archive_files
+    content {
+      filename = source.key
+      content  = file(source.value)
+    }
+  }
 }
 
 resource "google_storage_bucket_object" "dead_letter_source" {
@@ -21,7 +61,7 @@ resource "google_cloudfunctions2_function" "dead_letter" {
   name        = "${var.name_prefix}-dead-letter"
   project     = var.project_id
   location    = var.region
-  description = "Reports dead-lettered intake and work messages as failed jobs"
+  description = "Reports dead-lettered upload notifications as failed jobs"
 
   build_config {
     runtime         = "python311"
@@ -61,9 +101,7 @@ resource "google_cloudfunctions2_function" "dead_letter" {
   }
 
   depends_on = [
-    google_project_iam_member.builder_writes_logs,
-    google_project_iam_member.builder_pushes_images,
-    google_storage_bucket_iam_member.builder_reads_sources,
+    time_sleep.builder_grants_settle, # the build reads gcf-v2-sources-* as the builder account
     google_storage_bucket_iam_member.dead_letter_updates_state,
     google_pubsub_topic_iam_member.dead_letter_publishes_results,
   ]

@@ -9,6 +9,25 @@ resource "google_service_account" "runtime" {
   depends_on = [google_project_service.apis]
 }
 
+resource "google_service_account" "api" {
+  count = local.scale_out_topology ? 1 : 0
+
+  project      = var.project_id
+  account_id   = "${var.name_prefix}-api"
+  display_name = "rvc-trainer CPU front (Cloud Run runtime, topology scale-out)"
+
+  depends_on = [google_project_service.apis]
+}
+
+# The identity of every work task's OIDC token: the only account the GPU worker accepts /work from.
+resource "google_service_account" "tasks" {
+  project      = var.project_id
+  account_id   = "${var.name_prefix}-tasks"
+  display_name = "rvc-trainer work queue identity (may only invoke the GPU service)"
+
+  depends_on = [google_project_service.apis]
+}
+
 resource "google_service_account" "push" {
   project      = var.project_id
   account_id   = "${var.name_prefix}-push"
@@ -38,7 +57,7 @@ resource "google_service_account" "dead_letter" {
 resource "google_service_account" "builder" {
   project      = var.project_id
   account_id   = "${var.name_prefix}-builder"
-  display_name = "rvc-trainer Cloud Functions build identity"
+  display_name = "rvc-trainer build identity (the images and the dead-letter function)"
 
   depends_on = [google_project_service.apis]
 }
@@ -76,14 +95,82 @@ resource "google_pubsub_topic_iam_member" "runtime_publishes_results" {
   member = google_service_account.runtime.member
 }
 
-resource "google_pubsub_topic_iam_member" "runtime_publishes_work" {
-  topic  = google_pubsub_topic.work.id
-  role   = "roles/pubsub.publisher"
-  member = google_service_account.runtime.member
+# The GPU service creates each job's next task, with the tasks account's OIDC token on it.
+resource "google_cloud_tasks_queue_iam_member" "runtime_enqueues_work" {
+  project  = var.project_id
+  location = var.region
+  name     = google_cloud_tasks_queue.work.name
+  role     = "roles/cloudtasks.enqueuer"
+  member   = google_service_account.runtime.member
 }
 
-# --- who may call the service --------------------------------------------------------------------------
+# Creating a task that carries another account's OIDC token needs iam.serviceAccounts.actAs on it.
+resource "google_service_account_iam_member" "runtime_acts_as_tasks" {
+  service_account_id = google_service_account.tasks.name
+  role               = "roles/iam.serviceAccountUser"
+  member             = google_service_account.runtime.member
+}
+
+# --- the CPU front's runtime account (scale-out) ----------------------------------------------------------
+# Intake reads the upload, writes the job record, publishes `accepted` and creates task #0; status reads
+# job records. It never writes models.
+resource "google_storage_bucket_iam_member" "api_reads_inbox" {
+  count = local.scale_out_topology ? 1 : 0
+
+  bucket = google_storage_bucket.inbox.name
+  role   = "roles/storage.objectViewer"
+  member = google_service_account.api[0].member
+}
+
+resource "google_storage_bucket_iam_member" "api_owns_state" {
+  count = local.scale_out_topology ? 1 : 0
+
+  bucket = google_storage_bucket.state.name
+  role   = "roles/storage.objectAdmin"
+  member = google_service_account.api[0].member
+}
+
+resource "google_pubsub_topic_iam_member" "api_publishes_results" {
+  count = local.scale_out_topology ? 1 : 0
+
+  topic  = google_pubsub_topic.results.id
+  role   = "roles/pubsub.publisher"
+  member = google_service_account.api[0].member
+}
+
+resource "google_cloud_tasks_queue_iam_member" "api_enqueues_work" {
+  count = local.scale_out_topology ? 1 : 0
+
+  project  = var.project_id
+  location = var.region
+  name     = google_cloud_tasks_queue.work.name
+  role     = "roles/cloudtasks.enqueuer"
+  member   = google_service_account.api[0].member
+}
+
+resource "google_service_account_iam_member" "api_acts_as_tasks" {
+  count = local.scale_out_topology ? 1 : 0
+
+  service_account_id = google_service_account.tasks.name
+  role               = "roles/iam.serviceAccountUser"
+  member             = google_service_account.api[0].member
+}
+
+# --- who may call the services ----------------------------------------------------------------------------
+# The work queue calls the GPU service's POST /work. With topology = "scale-out" this is the GPU
+# service's only invoker: uploads, /train and status go to the CPU front.
+resource "google_cloud_run_v2_service_iam_member" "tasks_invoke_trainer" {
+  project  = var.project_id
+  location = var.region
+  name     = google_cloud_run_v2_service.trainer.name
+  role     = "roles/run.invoker"
+  member   = google_service_account.tasks.member
+}
+
+# The upload push goes to the front: the GPU service itself (single) or the CPU service (scale-out).
 resource "google_cloud_run_v2_service_iam_member" "push_invokes_trainer" {
+  count = local.single_topology ? 1 : 0
+
   project  = var.project_id
   location = var.region
   name     = google_cloud_run_v2_service.trainer.name
@@ -91,12 +178,32 @@ resource "google_cloud_run_v2_service_iam_member" "push_invokes_trainer" {
   member   = google_service_account.push.member
 }
 
+resource "google_cloud_run_v2_service_iam_member" "push_invokes_api" {
+  count = local.scale_out_topology ? 1 : 0
+
+  project  = var.project_id
+  location = var.region
+  name     = google_cloud_run_v2_service.api[0].name
+  role     = "roles/run.invoker"
+  member   = google_service_account.push.member
+}
+
 resource "google_cloud_run_v2_service_iam_member" "eventarc_invokes_trainer" {
-  count = local.use_eventarc ? 1 : 0
+  count = local.use_eventarc && local.single_topology ? 1 : 0
 
   project  = var.project_id
   location = var.region
   name     = google_cloud_run_v2_service.trainer.name
+  role     = "roles/run.invoker"
+  member   = google_service_account.eventarc[0].member
+}
+
+resource "google_cloud_run_v2_service_iam_member" "eventarc_invokes_api" {
+  count = local.use_eventarc && local.scale_out_topology ? 1 : 0
+
+  project  = var.project_id
+  location = var.region
+  name     = google_cloud_run_v2_service.api[0].name
   role     = "roles/run.invoker"
   member   = google_service_account.eventarc[0].member
 }
@@ -111,8 +218,8 @@ resource "google_project_iam_member" "eventarc_receives_events" {
 }
 
 # --- Google's service agents -----------------------------------------------------------------------------
-# Pub/Sub moves undeliverable messages to the dead-letter topic only with publisher there and
-# subscriber on each source subscription.
+# Pub/Sub moves undeliverable upload notifications to the dead-letter topic only with publisher there
+# and subscriber on the intake subscription.
 resource "google_pubsub_topic_iam_member" "pubsub_agent_dead_letters" {
   topic  = google_pubsub_topic.dead_letter.id
   role   = "roles/pubsub.publisher"
@@ -123,12 +230,6 @@ resource "google_pubsub_subscription_iam_member" "pubsub_agent_forwards_intake" 
   count = local.use_notification ? 1 : 0
 
   subscription = google_pubsub_subscription.intake[0].id
-  role         = "roles/pubsub.subscriber"
-  member       = local.pubsub_service_agent
-}
-
-resource "google_pubsub_subscription_iam_member" "pubsub_agent_forwards_work" {
-  subscription = google_pubsub_subscription.work.id
   role         = "roles/pubsub.subscriber"
   member       = local.pubsub_service_agent
 }
@@ -190,24 +291,25 @@ resource "google_cloud_run_v2_service_iam_member" "dead_letter_invokes_function"
   member   = google_service_account.dead_letter.member
 }
 
-# --- building the function --------------------------------------------------------------------------------
+# --- building: the images (deploy.sh's Cloud Build) and the dead-letter function -------------------------
 # A dedicated build identity: new projects no longer give the default compute account these roles.
-resource "google_project_iam_member" "builder_writes_logs" {
+# roles/run.builder is what Cloud Run documents for function builds: log writing, Artifact Registry
+# pushes (Cloud Functions creates its gcf-artifacts repository during the build, so no repository
+# scope exists beforehand) and reading the uploaded source, which Cloud Functions stages in a
+# gcf-v2-sources-* bucket it creates itself (deploy.sh's build source goes to PROJECT_cloudbuild).
+resource "google_project_iam_member" "builder_builds" {
   project = var.project_id
-  role    = "roles/logging.logWriter"
+  role    = "roles/run.builder"
   member  = google_service_account.builder.member
 }
 
-# Cloud Functions creates its own gcf-artifacts repository at build time, so this cannot be scoped
-# to a repository that exists before the apply.
-resource "google_project_iam_member" "builder_pushes_images" {
-  project = var.project_id
-  role    = "roles/artifactregistry.writer"
-  member  = google_service_account.builder.member
-}
+# IAM grants take up to a few minutes to apply everywhere; a build started at once fails with a
+# permission error on the source or the push. Wait before anything builds as this account.
+resource "time_sleep" "builder_grants_settle" {
+  create_duration = "90s"
 
-resource "google_storage_bucket_iam_member" "builder_reads_sources" {
-  bucket = google_storage_bucket.sources.name
-  role   = "roles/storage.objectViewer"
-  member = google_service_account.builder.member
+  triggers = {
+    builder = google_service_account.builder.email
+    grant   = google_project_iam_member.builder_builds.id
+  }
 }

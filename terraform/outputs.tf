@@ -1,6 +1,21 @@
 output "service_url" {
-  description = "URL of the Cloud Run service (POST /train and GET /jobs/<id> take an identity token)."
-  value       = google_cloud_run_v2_service.trainer.uri
+  description = "URL of the front service: POST /train and GET /jobs/<id>, with an identity token (the GPU service with topology \"single\", the CPU service with \"scale-out\")."
+  value       = local.front_url
+}
+
+output "worker_url" {
+  description = "Where the work queue sends slices (WORK_URL): the GPU service's deterministic URL plus /work."
+  value       = local.work_url
+}
+
+output "work_queue" {
+  description = "The Cloud Tasks work queue (TASK_QUEUE); `gcloud tasks list --queue` shows waiting slices."
+  value       = google_cloud_tasks_queue.work.id
+}
+
+output "topology" {
+  description = "Which services take what (see docs/deploy.md)."
+  value       = var.topology
 }
 
 output "inbox_bucket" {
@@ -22,7 +37,6 @@ output "topics" {
   description = "Pub/Sub topic names."
   value = {
     intake      = local.use_notification ? google_pubsub_topic.intake[0].name : null
-    work        = google_pubsub_topic.work.name
     results     = google_pubsub_topic.results.name
     dead_letter = google_pubsub_topic.dead_letter.name
   }
@@ -32,14 +46,13 @@ output "subscriptions" {
   description = "Pub/Sub subscription names (results is the one users pull)."
   value = {
     intake           = local.use_notification ? google_pubsub_subscription.intake[0].name : null
-    work             = google_pubsub_subscription.work.name
     results          = google_pubsub_subscription.results.name
     dead_letter_hold = google_pubsub_subscription.dead_letter_hold.name
   }
 }
 
 output "image_repository" {
-  description = "Where deploy.sh pushes the service image."
+  description = "Where deploy.sh pushes the images (worker and api)."
   value       = "${var.region}-docker.pkg.dev/${var.project_id}/${google_artifact_registry_repository.images.repository_id}"
 }
 

@@ -1,23 +1,15 @@
-# Topics: intake (Cloud Storage notifications), work (one token per training slice), results (the
-# CloudEvents users read), dead-letter (messages that failed every delivery attempt).
+# Topics: intake (Cloud Storage notifications), results (the CloudEvents users read), dead-letter
+# (upload notifications that failed every delivery attempt). Pub/Sub is only where the outside world
+# meets us; work slices go through the Cloud Tasks queue (tasks.tf).
 #
-# The push subscriptions need the service URL and the service is created in the same apply: they
-# reference google_cloud_run_v2_service.trainer.uri, so Terraform creates the service first.
+# The intake push subscription needs the front service's URL, created in the same apply: it
+# references local.front_url (a service's `uri`), so Terraform creates the service first.
 
 resource "google_pubsub_topic" "intake" {
   #checkov:skip=CKV_GCP_83:Google-managed encryption; messages carry object names and metadata, no customer data, and CMEK would need a KMS key ring this stack does not own.
   count = local.use_notification ? 1 : 0
 
   name                       = "${var.name_prefix}-intake"
-  project                    = var.project_id
-  message_retention_duration = local.push_message_retention
-
-  depends_on = [google_project_service.apis]
-}
-
-resource "google_pubsub_topic" "work" {
-  #checkov:skip=CKV_GCP_83:Google-managed encryption; work tokens are {job_id, seq} only.
-  name                       = "${var.name_prefix}-work"
   project                    = var.project_id
   message_retention_duration = local.push_message_retention
 
@@ -33,7 +25,7 @@ resource "google_pubsub_topic" "results" {
 }
 
 resource "google_pubsub_topic" "dead_letter" {
-  #checkov:skip=CKV_GCP_83:Google-managed encryption; copies of intake and work messages only.
+  #checkov:skip=CKV_GCP_83:Google-managed encryption; copies of upload notifications only.
   name                       = "${var.name_prefix}-dead-letter"
   project                    = var.project_id
   message_retention_duration = local.push_message_retention
@@ -41,7 +33,7 @@ resource "google_pubsub_topic" "dead_letter" {
   depends_on = [google_project_service.apis]
 }
 
-# --- push subscriptions into the service -----------------------------------------------------------
+# --- the push subscription into the front service --------------------------------------------------------
 resource "google_pubsub_subscription" "intake" {
   count = local.use_notification ? 1 : 0
 
@@ -54,10 +46,10 @@ resource "google_pubsub_subscription" "intake" {
   message_retention_duration = local.push_message_retention
 
   push_config {
-    push_endpoint = "${google_cloud_run_v2_service.trainer.uri}/events"
+    push_endpoint = "${local.front_url}/events"
     oidc_token {
       service_account_email = google_service_account.push.email
-      audience              = google_cloud_run_v2_service.trainer.uri
+      audience              = local.front_url
     }
   }
 
@@ -75,41 +67,11 @@ resource "google_pubsub_subscription" "intake" {
     ttl = "" # never expires, however long no upload arrives
   }
 
-  depends_on = [google_pubsub_topic_iam_member.pubsub_agent_dead_letters]
-}
-
-resource "google_pubsub_subscription" "work" {
-  name    = "${var.name_prefix}-work-push"
-  project = var.project_id
-  topic   = google_pubsub_topic.work.id
-
-  # The longest a push may take: a slice (slice_seconds) plus start-up, checkpoint and upload.
-  ack_deadline_seconds       = 600
-  message_retention_duration = local.push_message_retention
-
-  push_config {
-    push_endpoint = "${google_cloud_run_v2_service.trainer.uri}/work"
-    oidc_token {
-      service_account_email = google_service_account.push.email
-      audience              = google_cloud_run_v2_service.trainer.uri
-    }
-  }
-
-  retry_policy {
-    minimum_backoff = local.retry_minimum_backoff
-    maximum_backoff = local.retry_maximum_backoff
-  }
-
-  dead_letter_policy {
-    dead_letter_topic     = google_pubsub_topic.dead_letter.id
-    max_delivery_attempts = var.max_delivery_attempts
-  }
-
-  expiration_policy {
-    ttl = ""
-  }
-
-  depends_on = [google_pubsub_topic_iam_member.pubsub_agent_dead_letters]
+  depends_on = [
+    google_pubsub_topic_iam_member.pubsub_agent_dead_letters,
+    google_cloud_run_v2_service_iam_member.push_invokes_trainer,
+    google_cloud_run_v2_service_iam_member.push_invokes_api,
+  ]
 }
 
 # --- pull subscriptions -----------------------------------------------------------------------------

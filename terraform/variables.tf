@@ -55,24 +55,51 @@ variable "force_destroy" {
 }
 
 # --- the service ---------------------------------------------------------------------------------
-variable "image" {
+variable "worker_image" {
   type        = string
-  description = "Container image of the service (deploy.sh passes the digest it just built), e.g. REGION-docker.pkg.dev/PROJECT/rvc-trainer/rvc-trainer@sha256:…"
+  description = "GPU image (Dockerfile target `worker`) of the GPU service; deploy.sh passes the digest it just built, e.g. REGION-docker.pkg.dev/PROJECT/rvc-trainer/worker@sha256:…"
 
   validation {
-    condition     = can(regex("^[a-z0-9.-]+(:[0-9]+)?/[^ ]+(:[A-Za-z0-9_.-]+|@sha256:[0-9a-f]{64})$", var.image))
-    error_message = "image must be a full image reference with a tag or a digest, e.g. us-central1-docker.pkg.dev/p/rvc-trainer/rvc-trainer:v1."
+    condition     = can(regex("^[a-z0-9.-]+(:[0-9]+)?/[^ ]+(:[A-Za-z0-9_.-]+|@sha256:[0-9a-f]{64})$", var.worker_image))
+    error_message = "worker_image must be a full image reference with a tag or a digest, e.g. us-central1-docker.pkg.dev/p/rvc-trainer/worker:v1."
+  }
+}
+
+variable "api_image" {
+  type        = string
+  description = "CPU image without torch (Dockerfile target `api`) of the front service; needed only with topology = \"scale-out\" (deploy.sh builds and passes it then)."
+  default     = null
+
+  validation {
+    condition     = var.api_image == null || can(regex("^[a-z0-9.-]+(:[0-9]+)?/[^ ]+(:[A-Za-z0-9_.-]+|@sha256:[0-9a-f]{64})$", var.api_image))
+    error_message = "api_image must be a full image reference with a tag or a digest, e.g. us-central1-docker.pkg.dev/p/rvc-trainer/api:v1."
+  }
+
+  validation {
+    condition     = var.topology != "scale-out" || var.api_image != null
+    error_message = "topology = \"scale-out\" needs api_image (the Dockerfile's `api` target; deploy.sh --topology scale-out builds it)."
+  }
+}
+
+variable "topology" {
+  type        = string
+  description = "\"single\": one GPU service (role all) takes uploads, /train, status and the work slices. \"scale-out\": a CPU service without torch (role api, scales to zero) takes uploads, /train and status, and the GPU service (role worker) only the work slices. See docs/deploy.md."
+  default     = "single"
+
+  validation {
+    condition     = contains(["single", "scale-out"], var.topology)
+    error_message = "topology must be \"single\" or \"scale-out\"."
   }
 }
 
 variable "service_name" {
   type        = string
-  description = "Name of the Cloud Run service."
+  description = "Name of the GPU Cloud Run service; the scale-out front is \"<service_name>-api\". At most 45 characters, so that the GPU service keeps its deterministic URL (<name>-<project number>.<region>.run.app, which WORK_URL is built from) and the front's name fits."
   default     = "rvc-trainer"
 
   validation {
-    condition     = can(regex("^[a-z][a-z0-9-]{0,48}[a-z0-9]$", var.service_name))
-    error_message = "service_name must be 2-50 characters: lowercase letters, digits, hyphens."
+    condition     = can(regex("^[a-z][a-z0-9-]{0,43}[a-z0-9]$", var.service_name))
+    error_message = "service_name must be 2-45 characters: lowercase letters, digits, hyphens."
   }
 }
 
@@ -116,12 +143,34 @@ variable "memory_gib" {
 
 variable "max_instances" {
   type        = number
-  description = "Most GPU instances at once, so most jobs training at once: keep it within your Cloud Run L4 quota."
+  description = "Most GPU instances at once, and so the work queue's max_concurrent_dispatches (WORKER_SLOTS): slices running at once. Keep it within your Cloud Run L4 quota."
   default     = 1
 
   validation {
     condition     = var.max_instances >= 1 && var.max_instances <= 100 && floor(var.max_instances) == var.max_instances
     error_message = "max_instances must be a whole number from 1 to 100 (and within your GPU quota)."
+  }
+}
+
+variable "request_concurrency" {
+  type        = number
+  description = "Requests at once per instance of the service that takes uploads, /train and status (the GPU service with topology = \"single\", the CPU front with \"scale-out\"). Above 1, so intake and status are answered while a slice runs; the app still runs at most one slice per instance."
+  default     = 8
+
+  validation {
+    condition     = var.request_concurrency >= 2 && var.request_concurrency <= 80 && floor(var.request_concurrency) == var.request_concurrency
+    error_message = "request_concurrency must be a whole number from 2 to 80 (1 would make an upload wait behind a slice)."
+  }
+}
+
+variable "api_max_instances" {
+  type        = number
+  description = "Most instances of the CPU front (topology = \"scale-out\"); it scales to zero."
+  default     = 4
+
+  validation {
+    condition     = var.api_max_instances >= 1 && var.api_max_instances <= 100 && floor(var.api_max_instances) == var.api_max_instances
+    error_message = "api_max_instances must be a whole number from 1 to 100."
   }
 }
 
@@ -162,7 +211,7 @@ variable "inbox_prefix" {
 
 variable "trigger" {
   type        = string
-  description = "How uploads reach the service: \"notification\" (a Cloud Storage notification on the inbox prefix → intake topic → push subscription, with retries and dead-lettering) or \"eventarc\" (an Eventarc Cloud Storage trigger: no prefix filter, a 10 s ack deadline; see docs/deploy.md)."
+  description = "How uploads reach the front service: \"notification\" (a Cloud Storage notification on the inbox prefix → intake topic → push subscription, with retries and dead-lettering) or \"eventarc\" (an Eventarc Cloud Storage trigger: no prefix filter, a 10 s ack deadline; see docs/deploy.md)."
   default     = "notification"
 
   validation {
@@ -171,14 +220,14 @@ variable "trigger" {
   }
 }
 
-variable "slice_seconds" {
+variable "dispatch_deadline_seconds" {
   type        = number
-  description = "Training time per work slice, s (SLICE_SECONDS). The work subscription's ack deadline is 600 s: keep a margin for start-up and upload."
-  default     = 480
+  description = "How long the work queue waits for one slice's answer, s (DISPATCH_DEADLINE_SECONDS, set on each task by the app). The app derives the slice's training budget from it, less a margin for start-up and upload. Cloud Tasks allows at most 1800."
+  default     = 1800
 
   validation {
-    condition     = var.slice_seconds >= 60 && var.slice_seconds <= 540
-    error_message = "slice_seconds must be from 60 to 540, under the work subscription's 600 s ack deadline."
+    condition     = var.dispatch_deadline_seconds >= 300 && var.dispatch_deadline_seconds <= 1800 && floor(var.dispatch_deadline_seconds) == var.dispatch_deadline_seconds
+    error_message = "dispatch_deadline_seconds must be a whole number from 300 to 1800 (Cloud Tasks' limit for HTTP tasks is 30 minutes)."
   }
 }
 
@@ -262,7 +311,7 @@ variable "model_noncurrent_retention_days" {
 
 variable "max_delivery_attempts" {
   type        = number
-  description = "Deliveries of one intake or work message before Pub/Sub moves it to the dead-letter topic (5-100)."
+  description = "Deliveries of one upload notification before Pub/Sub moves it to the dead-letter topic (5-100). Work slices are not counted here: the work queue retries them without limit."
   default     = 10
 
   validation {
