@@ -126,7 +126,7 @@ def referenced(expression: Any) -> str:
     return f"{match.group(1)}.{match.group(2)}"
 
 
-# --- the front: who takes the upload push, /train and status -------------------------------------------------
+# --- the front: who takes the upload push, /train and status ------------------------------------------------
 def test_topology_variable_chooses_single_or_scale_out(tf: Config) -> None:
     topology = tf.variables["topology"]
 
@@ -196,7 +196,7 @@ def test_dead_letter_topic_has_a_holding_subscription(tf: Config) -> None:
     assert referenced(hold["topic"]) == "google_pubsub_topic.dead_letter"
 
 
-# --- the work queue ------------------------------------------------------------------------------------------
+# --- the work queue -----------------------------------------------------------------------------------------
 def queue(tf: Config) -> dict[str, Any]:
     return tf.resource("google_cloud_tasks_queue", "work")
 
@@ -241,7 +241,8 @@ def test_dispatch_deadline_is_at_most_cloud_tasks_30_minutes(tf: Config) -> None
 
     assert deadline["default"] == 1800
     assert bounds and max(bounds) == 1800
-    assert tf.locals["common_env"]["DISPATCH_DEADLINE_SECONDS"] == "${tostring(var.dispatch_deadline_seconds)}"
+    env = tf.locals["common_env"]
+    assert env["DISPATCH_DEADLINE_SECONDS"] == "${tostring(var.dispatch_deadline_seconds)}"
 
 
 def test_tasks_carry_the_tasks_accounts_identity(tf: Config) -> None:
@@ -351,7 +352,9 @@ SERVICE_ENV = {
 }  # fmt: skip
 
 
-@pytest.mark.parametrize(("service", "env_local"), [("trainer", "gpu_service_env"), ("api", "api_service_env")])
+@pytest.mark.parametrize(
+    ("service", "env_local"), [("trainer", "gpu_service_env"), ("api", "api_service_env")]
+)
 def test_every_setting_reaches_each_service_as_an_environment_variable(
     tf: Config, service: str, env_local: str
 ) -> None:
@@ -567,7 +570,7 @@ def test_in_scale_out_the_tasks_account_is_the_gpu_services_only_invoker(tf: Con
         if referenced(grant["member"]) == "google_service_account.tasks":
             assert "count" not in grant  # in every topology
         else:
-            assert "local.single_topology" in grant["count"], f"{name} also invokes the GPU worker in scale-out"
+            assert "local.single_topology" in grant["count"], f"{name} invokes the scale-out worker"
 
 
 def test_the_api_service_is_invoked_only_by_the_upload_push(tf: Config) -> None:
@@ -735,7 +738,8 @@ def test_deploy_builds_in_its_own_region_as_the_build_account() -> None:
     build = next(line for line in lines if line.startswith("+ gcloud builds submit"))
 
     assert "--region us-east1" in build
-    assert "serviceAccount: projects/my-proj/serviceAccounts/rvc-builder@my-proj.iam.gserviceaccount.com" in config
+    builder = "rvc-builder@my-proj.iam.gserviceaccount.com"
+    assert f"serviceAccount: projects/my-proj/serviceAccounts/{builder}" in config
     assert "logging: CLOUD_LOGGING_ONLY" in config  # required with a user-specified build account
     first_apply = next(line for line in lines if " apply " in line)
     assert "-target=time_sleep.builder_grants_settle" in first_apply  # the account exists before the build
