@@ -13,18 +13,8 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from rvc_core.cli_options import add_dataset_options
+from rvc_core.cli_options import EXIT_REJECTED, add_dataset_options, resolve_device
 from rvc_core.errors import ConfigMismatch, RvcError
-
-EXIT_REJECTED = 2
-
-
-def resolve_device(choice: str) -> str:
-    if choice != "auto":
-        return choice
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def add_prepare_options(p: argparse.ArgumentParser) -> None:

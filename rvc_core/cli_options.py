@@ -35,3 +35,14 @@ def add_dataset_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where models run")
     p.add_argument("--workers", type=int, default=None, help="preprocessing processes (default: all cores)")
+
+
+EXIT_REJECTED = 2
+
+
+def resolve_device(choice: str) -> str:
+    if choice != "auto":
+        return choice
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"

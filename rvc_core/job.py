@@ -3,102 +3,21 @@
 Idempotent and resumable: every stage output and the training checkpoint live under `workdir`, so
 calling `run_job` again with the same work dir continues where it stopped. With a `deadline` it
 stops at a clean point and returns `status="paused"`; the service runs it once per work slice.
+The job's types are in `rvc_core.jobspec`; the stages in `rvc_core.job_stages`.
 """
 
 from __future__ import annotations
 
 import logging
-import re
-import zipfile
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 from rvc_core.assets import AssetStore
-from rvc_core.atomic import atomic_path
-from rvc_core.config import PrepareConfig
-from rvc_core.errors import ConfigError
+from rvc_core.job_stages import finish_job, prepare_stage, train_stage
+from rvc_core.jobspec import JobEnvironment, JobProgress, JobSpec
 from rvc_core.progress import ProgressCallback
-from rvc_core.spec import PRESETS
-from rvc_core.train.config import EXPORT_CHOICES
 
 log = logging.getLogger(__name__)
-
-MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-
-
-def sanitise_model_name(raw: str) -> str:
-    """Any string → `[A-Za-z0-9_-]{1,64}` (the zip's stem is the default name)."""
-    name = re.sub(r"[^A-Za-z0-9_-]+", "_", raw).strip("_")[:64]
-    return name or "model"
-
-
-@dataclass(frozen=True)
-class JobSpec:
-    model_name: str
-    epochs: int = 200
-    sample_rate: int = 40000  # Hz
-    version: str = "v2"
-    f0_method: str = "rmvpe"
-    segment_seconds: float = 3.7
-    batch_size: int | None = None  # None: chosen from free GPU memory (4 on CPU)
-    save_every: int | None = None  # also export <name>_e<epoch>.pth every N epochs
-    author: str | None = None
-    preset: str = "full"  # "tiny": same architecture, small widths (CPU tests, demo)
-    seed: int = 1234
-    export: str = "best"  # "best" (by validation loss) or "final"
-
-    def __post_init__(self) -> None:
-        if not MODEL_NAME_RE.match(self.model_name):
-            raise ConfigError(f"model_name must match [A-Za-z0-9_-]{{1,64}}, got {self.model_name!r}")
-        if not 1 <= self.epochs <= 10_000:
-            raise ConfigError(f"epochs must be between 1 and 10000, got {self.epochs}")
-        if self.batch_size is not None and not 1 <= self.batch_size <= 256:
-            raise ConfigError(f"batch_size must be between 1 and 256, got {self.batch_size}")
-        if self.save_every is not None and self.save_every < 1:
-            raise ConfigError(f"save_every must be at least 1, got {self.save_every}")
-        if self.preset not in PRESETS:
-            raise ConfigError(f"preset must be full or tiny, got {self.preset!r}")
-        if self.export not in EXPORT_CHOICES:
-            raise ConfigError(f"export must be best or final, got {self.export!r}")
-        self.prepare_config()  # validates rate, version, f0 method, segment length
-
-    def prepare_config(self) -> PrepareConfig:
-        return PrepareConfig(
-            sample_rate=self.sample_rate,
-            version=self.version,
-            f0_method=self.f0_method,
-            segment_seconds=self.segment_seconds,
-        )
-
-
-@dataclass(frozen=True)
-class JobEnvironment:
-    assets: str | None = None  # a folder, or "none" for random networks; None: $RVC_ASSETS
-    pretrained: str | None = None  # a folder with pretrained_v2/f0G40k.pth …, or "none"
-    device: str = "cpu"
-    workers: int | None = None  # preprocessing processes
-    tensorboard: str | None = None  # folder for TensorBoard scalars
-
-
-@dataclass
-class JobProgress:
-    status: str  # "paused" | "finished"
-    stage: str
-    epoch: int = 0
-    epochs: int = 0
-    step: int = 0
-    losses: dict[str, float] = field(default_factory=dict)
-    eta_seconds: float | None = None
-    artifacts: dict[str, Path] = field(default_factory=dict)
-    metrics: dict[str, Any] = field(default_factory=dict)
-    dataset_report: dict[str, Any] | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["artifacts"] = {k: str(v) for k, v in self.artifacts.items()}
-        return d
 
 
 def run_job(
@@ -113,8 +32,6 @@ def run_job(
     progress: ProgressCallback | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> JobProgress:
-    from rvc_core.job_stages import finish_job, prepare_stage, train_stage
-
     emit = progress or (lambda _e: None)
     environ = environ or {}
     assets = AssetStore.from_option(env.assets, environ)
@@ -132,11 +49,3 @@ def run_job(
             dataset_report=prepared.report.to_json(),
         )
     return finish_job(prepared, trained, Path(workdir), Path(outdir), spec, env, assets, emit)
-
-
-def write_model_zip(out: Path, members: list[Path]) -> Path:
-    """`<name>.zip` holding the `.pth` and the index, as other trainers deliver."""
-    with atomic_path(out) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        for m in members:
-            zf.write(m, arcname=m.name)
-    return out

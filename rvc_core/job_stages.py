@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
+import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -14,9 +15,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from rvc_core.assets import AssetStore
-from rvc_core.atomic import write_json
+from rvc_core.atomic import atomic_path, write_json
 from rvc_core.export import ExportInfo, build_export, save_export
-from rvc_core.job import JobEnvironment, JobProgress, JobSpec, write_model_zip
+from rvc_core.jobspec import JobEnvironment, JobProgress, JobSpec
 from rvc_core.layout import WorkDir
 from rvc_core.prepare import PreparedDataset, run_prepare
 from rvc_core.progress import ProgressCallback, ProgressEvent
@@ -344,3 +345,11 @@ def write_report_plot(
         voiced,
         f"{spec.model_name} — {spec.version} {sample_rate_label(spec.sample_rate)}",
     )
+
+
+def write_model_zip(out: Path, members: list[Path]) -> Path:
+    """`<name>.zip` holding the `.pth` and the index, as other trainers deliver."""
+    with atomic_path(out) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for m in members:
+            zf.write(m, arcname=m.name)
+    return out

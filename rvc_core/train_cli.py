@@ -8,7 +8,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from rvc_core.cli_options import add_dataset_options
+from rvc_core.cli_options import EXIT_REJECTED, add_dataset_options, resolve_device
 from rvc_core.errors import ConfigError, RvcError
 from rvc_core.spec import PRESETS
 from rvc_core.train.config import EXPORT_CHOICES
@@ -34,8 +34,8 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_train(args: argparse.Namespace, env: Mapping[str, str]) -> int:
-    from rvc_core.cli import EXIT_REJECTED, resolve_device
-    from rvc_core.job import JobEnvironment, JobSpec, run_job, sanitise_model_name
+    from rvc_core.job import run_job
+    from rvc_core.jobspec import JobEnvironment, JobSpec, sanitise_model_name
 
     work = args.work or args.out / "work"
     try:

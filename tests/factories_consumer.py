@@ -20,7 +20,7 @@ from typing import Any
 
 from rvc_core.atomic import write_json
 from rvc_core.errors import NoAudio, NotAZip
-from rvc_core.job import JobEnvironment, JobProgress, JobSpec
+from rvc_core.jobspec import JobEnvironment, JobProgress, JobSpec
 from rvc_core.progress import ProgressEvent
 
 

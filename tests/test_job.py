@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 
-from rvc_core.job import JobEnvironment, JobSpec, run_job, sanitise_model_name
+from rvc_core.job import run_job
+from rvc_core.jobspec import JobEnvironment, JobSpec, sanitise_model_name
 from rvc_core.spec import MODEL_SHAPES
 from rvc_core.testing import simple_dataset_zip
 

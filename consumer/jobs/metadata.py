@@ -7,13 +7,18 @@ accepted range; keys we do not know are returned so the `accepted` event can lis
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import PurePosixPath
 from typing import Any, Literal
 
 from consumer.errors import InvalidMetadata
+from consumer.jobs.uploads import (
+    MODEL_NAME,
+    MODEL_NAME_ACCEPTED,
+    MODEL_NAME_KEYS,
+    default_model_name,
+    normalise_key,
+)
 from rvc_core.errors import ConfigError
 from rvc_core.spec import F0_METHODS, SAMPLE_RATES, VERSIONS
 
@@ -22,9 +27,9 @@ MetadataKey = Literal[
 ]
 
 # Normalised spelling (lower case, `-` → `_`) → field. Includes RVC WebUI's and Applio's names.
+# The model name's keys are part of the model-name rule (consumer.jobs.uploads).
 ALIASES: dict[str, MetadataKey] = {
-    "model_name": "model_name",
-    "modelname": "model_name",
+    **dict.fromkeys(MODEL_NAME_KEYS, "model_name"),
     "epochs": "epochs",
     "epoch": "epochs",
     "total_epoch": "epochs",
@@ -45,7 +50,6 @@ ALIASES: dict[str, MetadataKey] = {
 }
 
 MAX_EPOCHS = 2000
-MODEL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
 @dataclass(frozen=True)
@@ -95,7 +99,7 @@ def _author(raw: str) -> str:
 
 
 RULES: dict[MetadataKey, Rule] = {
-    "model_name": Rule(_model_name, "1 to 64 characters from A-Z a-z 0-9 _ -"),
+    "model_name": Rule(_model_name, MODEL_NAME_ACCEPTED),
     "epochs": Rule(_integer(1, MAX_EPOCHS), f"an integer from 1 to {MAX_EPOCHS}"),
     "sample_rate": Rule(_sample_rate, "one of 32000, 40000, 48000 (or 32k, 40k, 48k)"),
     "version": Rule(_choice(VERSIONS), "v1 or v2"),
@@ -112,18 +116,6 @@ class RequestedSpec:
 
     fields: dict[str, Any]  # JobSpec keyword arguments
     unknown_keys: tuple[str, ...]
-
-
-def normalise_key(key: str) -> str:
-    return key.strip().lower().replace("-", "_")
-
-
-def default_model_name(object_name: str) -> str:
-    """The zip's stem, sanitised to `[A-Za-z0-9_-]{1,64}`."""
-    from rvc_core.job import sanitise_model_name
-
-    stem = PurePosixPath(object_name).name
-    return sanitise_model_name(stem[: -len(".zip")] if stem.lower().endswith(".zip") else stem)
 
 
 def requested_spec(metadata: Mapping[str, Any], *, object_name: str) -> RequestedSpec:
@@ -161,7 +153,7 @@ def requested_spec(metadata: Mapping[str, Any], *, object_name: str) -> Requeste
 
 def build_job_spec(fields: Mapping[str, Any], *, preset: str) -> Any:
     """`JobSpec(**fields, preset=…)`; a combination the pipeline refuses becomes `InvalidMetadata`."""
-    from rvc_core.job import JobSpec
+    from rvc_core.jobspec import JobSpec
 
     try:
         return JobSpec(**{**fields, "preset": preset})

@@ -268,7 +268,7 @@ class SliceRunner:
             mirror.restore()
         shutil.rmtree(outdir, ignore_errors=True)
         reporter = ProgressReporter(d.results, s.record, keeper, d.settings.progress_every_epochs, s.watch)
-        from rvc_core.job import JobEnvironment
+        from rvc_core.jobspec import JobEnvironment
 
         environment = JobEnvironment(
             assets=d.settings.rvc_assets,
@@ -503,7 +503,7 @@ _DECISION_DETAIL: dict[str, str] = {
 
 # --- small helpers ----------------------------------------------------------------------------------
 def _job_spec(record: JobRecord) -> Any:
-    from rvc_core.job import JobSpec
+    from rvc_core.jobspec import JobSpec
 
     return JobSpec(**record.spec)
 
