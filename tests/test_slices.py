@@ -3,7 +3,6 @@ the real handlers, and a fake trainer with run_job's contract (tests/factories_c
 
 from __future__ import annotations
 
-import base64
 import json
 import time
 from dataclasses import asdict
@@ -39,10 +38,8 @@ def only_job(stack: LocalStack) -> str:
 
 
 def post_token(stack: LocalStack, job_id: str, seq: int) -> Any:
-    envelope = {
-        "message": {"data": base64.b64encode(WorkToken(job_id, seq).encode()).decode(), "messageId": "1"}
-    }
-    return stack.client.post("/work", json=envelope)
+    """What the task queue delivers: the token as the task's JSON body."""
+    return stack.client.post("/work", data=WorkToken(job_id, seq).encode(), content_type="application/json")
 
 
 def accept_only(stack: LocalStack, dataset: Path, metadata: dict[str, str]) -> str:
@@ -99,22 +96,22 @@ def test_latest_pointer_names_the_newest_success(tmp_path: Path, dataset: Path) 
     assert json.loads(latest)["job_id"] == only_job(stack)
 
 
-def test_next_token_is_published_before_the_record_advances(tmp_path: Path, dataset: Path) -> None:
+def test_next_task_is_queued_before_the_record_advances(tmp_path: Path, dataset: Path) -> None:
     stack = make_stack(tmp_path / "stack", FakeTrainer(epochs_per_call=1))
-    seen: list[tuple[int, int]] = []  # (token seq, record seq when it was published)
-    publish = stack.bus.publish
+    seen: list[tuple[str, int]] = []  # (task name, record seq when it was created)
+    create = stack.tasks.create
 
-    def spy(topic: str, data: bytes, attributes: Any) -> str:
-        if "work" in topic:
-            token = WorkToken.decode(data)
-            record = stack.services.records.get(token.job_id)
-            seen.append((token.seq, record.seq if record else -1))
-        return publish(topic, data, attributes)
+    def spy(name: str, body: bytes, headers: Any = None) -> bool:
+        token = WorkToken.decode(body)
+        record = stack.services.records.get(token.job_id)
+        seen.append((name, record.seq if record else -1))
+        return create(name, body, headers)
 
-    stack.services.slices.deps.work.publisher.publish = spy  # type: ignore[method-assign]
+    stack.tasks.create = spy  # type: ignore[method-assign]
     stack.upload(dataset, "datasets/alice.zip", {"epochs": "3"})
     stack.run(timeout=60)
-    assert seen[1:] == [(1, 0), (2, 1)]
+    job_id = only_job(stack)
+    assert seen == [(f"{job_id}-0", 0), (f"{job_id}-1", 0), (f"{job_id}-2", 1)]
 
 
 def test_progress_is_published_per_stage_and_every_n_epochs(tmp_path: Path, dataset: Path) -> None:
@@ -122,11 +119,13 @@ def test_progress_is_published_per_stage_and_every_n_epochs(tmp_path: Path, data
     stack.upload(dataset, "datasets/alice.zip", {"epochs": "5"})
     stack.run(timeout=60)
     progress = [
-        (r.data["progress"]["stage"], r.data["progress"].get("epoch"))
+        (r.data["progress"].get("stage") or r.data["status"], r.data["progress"].get("epoch"))
         for r in stack.results
         if r.kind == "progress"
     ]
     assert progress == [
+        ("queued", None),
+        ("running", None),
         ("extract", None),
         ("features", None),
         ("train", 1),
@@ -404,7 +403,7 @@ def test_another_instance_resumes_from_the_uploaded_work_dir(tmp_path: Path, dat
 
 
 # --- where a slice's time goes ------------------------------------------------------------------------
-OVERHEAD_PARTS_OF_A_SLICE = ("lease", "newer_upload", "restore", "sync", "publish_token", "advance")
+OVERHEAD_PARTS_OF_A_SLICE = ("lease", "newer_upload", "restore", "sync", "queue_next", "advance")
 
 
 def test_work_answer_splits_a_slice_into_training_and_overhead(tmp_path: Path, dataset: Path) -> None:
