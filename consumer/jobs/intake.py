@@ -17,9 +17,10 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from consumer.edge.deliveries import Ignored, ObjectFinalized
 from consumer.errors import INVALID_REQUEST, InvalidMetadata, NotFound
-from consumer.jobs.metadata import build_job_spec, default_model_name, requested_spec
+from consumer.jobs.metadata import build_job_spec, requested_spec
 from consumer.jobs.records import JobRecord, JobRecords, SourceObject, job_id_for, source_key
 from consumer.jobs.results import ResultKind, Results, claim_announcement, mark_announced
+from consumer.jobs.uploads import model_name_hint, why_not_an_upload
 from consumer.jobs.waiting import WaitingLine
 from consumer.logs import log
 from consumer.work.tokens import WorkQueue, WorkToken
@@ -30,8 +31,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# Parallel composite uploads (`gcloud storage cp` of files > 150 MiB) write their parts here.
-COMPOSITE_PARTS_PREFIX = "gcloud/tmp/"
 # Keys of a /train body that describe where data lives rather than how to train.
 TRAIN_LOCATION_KEYS = ("dataset_url", "output_url")
 
@@ -50,27 +49,16 @@ class IntakeResult:
         return out
 
 
-# Why an upload does not start a job: checked in order, the first match wins.
-SCREENS: tuple[tuple[str, Callable[[ObjectFinalized, Settings], bool]], ...] = (
-    (
-        "the object is in one of the service's own buckets",
-        lambda e, s: s.is_own_object(s.object_url(e.bucket, e.name)),
-    ),
-    (
-        "a temporary part of a parallel composite upload",
-        lambda e, s: e.name.startswith(COMPOSITE_PARTS_PREFIX),
-    ),
-    ("outside the inbox prefix", lambda e, s: not e.name.startswith(s.inbox_prefix)),
-    ("a folder placeholder", lambda e, s: e.name.endswith("/")),
-    ("not a .zip", lambda e, s: not e.name.lower().endswith(".zip")),
-)
-
-
 def screen(event: ObjectFinalized, settings: Settings) -> Ignored | None:
-    for reason, applies in SCREENS:
-        if applies(event, settings):
-            return Ignored(f"{event.source_key}: {reason}")
-    return None
+    """The upload filters (consumer.jobs.uploads) with this service's inbox and buckets."""
+    reason = why_not_an_upload(
+        event.bucket,
+        event.name,
+        inbox_prefix=settings.inbox_prefix,
+        own_buckets=(settings.state_url, settings.models_url),
+        object_url=settings.object_url(event.bucket, event.name),
+    )
+    return None if reason is None else Ignored(f"{event.source_key}: {reason}")
 
 
 class Intake:
@@ -158,7 +146,7 @@ class Intake:
         except InvalidMetadata as err:
             return JobRecord(
                 job_id=job_id,
-                model_name=_model_name_hint(metadata, source.name),
+                model_name=model_name_hint(metadata, source.name),
                 source=source,
                 spec={},
                 status="failed",
@@ -210,16 +198,6 @@ def _spec_dict(spec: Any) -> dict[str, Any]:
     from dataclasses import asdict
 
     return asdict(spec)
-
-
-def _model_name_hint(metadata: Mapping[str, Any], object_name: str) -> str:
-    """A name for the failed event of a job whose metadata was refused (maybe the name itself)."""
-    from consumer.jobs.metadata import ALIASES, MODEL_NAME, normalise_key
-
-    for key, value in metadata.items():
-        if ALIASES.get(normalise_key(str(key))) == "model_name" and MODEL_NAME.match(str(value)):
-            return str(value)
-    return default_model_name(object_name)
 
 
 def _rejected(code: str, message: str) -> IntakeResult:
