@@ -1,48 +1,65 @@
-"""Consumer speed on the local stacks: intake latency and the overhead of training in slices.
+"""Consumer speed on the in-process local stack: intake, slice overhead, the work queue, switches.
 
-    python bench/consumer.py [--stack local|dev|both] [--deliveries 200] [--slices 8]
-                             [--slice-seconds 5] [--epochs 30] [--json]
+    python bench/consumer.py [--parts intake,slices,queue,switch] [--deliveries 200]
+                             [--slice-seconds 5] [--epochs 30]
+                             [--jobs 6] [--slots 1 3] [--slice-time 1.0] [--runner pool|shared]
+                             [--switch-mib 450] [--json]
 
-(a) Intake: `--deliveries` wrapped Pub/Sub pushes of distinct OBJECT_FINALIZE notifications
-    (JSON_API_V1, EVENTS.md §2), POSTed to /events one after another after a few untimed ones;
-    p50/p90/p99 of the time from sending a request to reading its answer. Each one makes a job:
-    a record written by compare-and-swap, work token #0 and `accepted` published.
-    local: the in-process LocalStack (file:// buckets, the local bus) through Flask's test client.
-    dev:   the emulator dev stack (Pub/Sub emulator, fake-gcs-server, the service as a subprocess,
-           exactly `python -m consumer serve`): HTTP POSTs on one keep-alive connection, as Pub/Sub's
-           push client sends them; no push subscription, so only the service's handling is timed.
-(b) Slice overhead: one job on a generated 18 s dataset, the real pipeline (tiny preset, random
-    networks, CPU), run slice by slice with the bench posting each work token to /work as a push
-    subscription would. Each answer's `timings` (consumer.work.slices.SLICE_PARTS) splits the slice
-    into `run_job` and the rest; overhead = total - run_job, also as a share of a 480 s slice.
-    The first slice also downloads the upload; the last uploads the model instead of the work dir.
-    Also shown: `edge` (the HTTP round trip beyond the slice's own total: routing, JSON) and the
-    work-dir files and KiB each slice uploaded to the state bucket.
+Everything runs in one process on `consumer.local.demo.LocalStack` (file:// buckets, the local
+bus, the folder-backed task queue and its dispatcher). The emulator dev stack is not measured: it
+still has the Pub/Sub work topic and is being rewritten for the task queue.
+
+(a) intake: `--deliveries` wrapped Pub/Sub pushes of distinct OBJECT_FINALIZE notifications
+    (JSON_API_V1, EVENTS.md section 2) POSTed to /events one after another, after a few untimed
+    ones; p50/p90/p99 from sending a request to reading its answer. Each one makes a job: a record
+    written by compare-and-swap, the waiting-line marker, work task #0 and `accepted` published.
+    Measured idle, and while a slice runs on a worker thread (`busy-sleep`: the slice sleeps, as a
+    GPU-bound one mostly waits; `busy-spin`: the slice holds the GIL in pure Python, the worst case
+    for role `all`, where intake and training share one process).
+(b) slices: one job on a generated 18 s dataset, the real pipeline (tiny preset, random networks,
+    CPU), delivered by the local dispatcher. Each /work answer's `timings`
+    (consumer.work.slices.SLICE_PARTS) splits the slice into `run_job` and the rest; overhead =
+    total - run_job, also as a share of a 480 s slice.
+(c) queue: `--jobs` uploads at once onto `--slots` worker slots with a fake trainer whose slices
+    take `--slice-time` s each (sleeping); job j needs S_j slices (lengths differ). Per job: the wait
+    from upload to its first slice's start. Overall: makespan against sum(S_j * T) / K, and
+    dispatches per slice (dispatcher deliveries / slices that ran). `--runner pool` gives each slot
+    its own worker instance (role worker, its own scratch folder, as Cloud Run instances with
+    concurrency 1; the dispatcher's delivery goes to a random free one); `--runner shared` is
+    LocalStack as it is: K concurrent deliveries into one process with one SliceRunner.
+(d) switch: one job whose work dir holds `--switch-mib` MiB (synthetic: 200 stage-output files of
+    20 KiB and checkpoint files G.pth/D.pth, rewritten each slice, as a full-preset run does), its
+    slices routed to two worker instances A A B B A A. A slice on the instance that ran the one
+    before restores nothing; one on the other instance downloads what changed (the checkpoint) or,
+    the first time there, everything. `restore` seconds of both kinds, with the local file store
+    (a local disk copy: a lower bound for Cloud Storage).
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
-import contextlib
-import http.client
 import json
+import os
+import random
 import statistics
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import asdict, dataclass, field
+import zipfile
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
-from urllib.parse import urlsplit
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-PRODUCTION_SLICE_SECONDS = 480.0  # the default SLICE_SECONDS, for a 600 s ack deadline
+PRODUCTION_SLICE_SECONDS = 480.0  # a slice budget of the order production runs (1800 s deadline: 1500)
 WARMUP_DELIVERIES = 5  # untimed: first requests import modules and open connections
 PUSH_USER_AGENT = "APIs-Google; (+https://developers.google.com/webmasters/APIs-Google.html)"
+PUSH_HEADERS = {"Content-Type": "application/json", "User-Agent": PUSH_USER_AGENT}
+MiB = 1 << 20
 
 
 # --- what a push subscription sends ---------------------------------------------------------------
@@ -52,6 +69,8 @@ def _now() -> str:
 
 def push_envelope(data: bytes, attributes: Mapping[str, str], message_id: str, subscription: str) -> bytes:
     """The body Pub/Sub POSTs for one message on a wrapped push subscription."""
+    import base64
+
     published = _now()
     message = {
         "attributes": dict(attributes),
@@ -84,143 +103,195 @@ def finalize_push(
     return push_envelope(json.dumps(resource).encode(), attributes, message_id, subscription)
 
 
-def work_push(job_id: str, seq: int, message_id: str) -> bytes:
-    from consumer.work.slices import WorkToken
+# --- the stack, and worker instances beside it ----------------------------------------------------
+def new_stack(root: Path, env: Mapping[str, str], *, trainer: Any = None, slots: int = 1) -> Any:
+    from consumer.local.demo import LocalStack
 
-    token = WorkToken(job_id, seq)
-    attributes = {"job_id": job_id, "seq": str(seq)}
-    return push_envelope(token.encode(), attributes, message_id, "projects/rvc-bench/subscriptions/rvc-work")
-
-
-PUSH_HEADERS = {"Content-Type": "application/json", "User-Agent": PUSH_USER_AGENT}
+    return LocalStack(root, env=dict(env), trainer=trainer, slots=slots)
 
 
-# --- the two stacks -------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Uploaded:
-    bucket: str
-    name: str
-    generation: int
-    size: int  # bytes
-
-
-class Stack(Protocol):
-    name: str
-    inbox_bucket: str
-
-    def post(self, path: str, body: bytes) -> tuple[int, dict[str, Any]]:
-        """POSTs a push body to the service; returns (HTTP status, JSON answer)."""
-        ...
-
-    def get(self, path: str) -> dict[str, Any]: ...
-
-    def upload(self, path: Path, name: str, metadata: Mapping[str, str]) -> Uploaded: ...
-
-    def work_files(self, job_id: str) -> dict[str, tuple[int, int]]:
-        """The job's work-dir mirror in the state bucket: name → (generation, size in bytes)."""
-        ...
-
-
-class LocalTarget:
-    """LocalStack: file:// buckets under a temporary folder, the local bus, the real handlers."""
-
-    name = "local"
-    inbox_bucket = "inbox"
-
-    def __init__(self, root: Path, service_env: Mapping[str, str]) -> None:
-        from consumer.local.demo import LocalStack
-
-        self.stack = LocalStack(root, env=dict(service_env))
-
-    def post(self, path: str, body: bytes) -> tuple[int, dict[str, Any]]:
-        response = self.stack.client.post(path, data=body, headers=PUSH_HEADERS)
-        return response.status_code, response.get_json()
-
-    def get(self, path: str) -> dict[str, Any]:
-        return dict(self.stack.client.get(path).get_json())
-
-    def upload(self, path: Path, name: str, metadata: Mapping[str, str]) -> Uploaded:
-        uri = self.stack.settings.object_url(self.inbox_bucket, name)
-        self.stack.inbox.upload_file(path, uri, content_type="application/zip", metadata=dict(metadata))
-        info = self.stack.inbox.stat(uri)
-        assert info is not None
-        return Uploaded(self.inbox_bucket, name, info.generation, info.size)
-
-    def work_files(self, job_id: str) -> dict[str, tuple[int, int]]:
-        records = self.stack.services.records
-        store = self.stack.services.store_for(records.state_url)
-        return _listing(store, f"{records.job_prefix(job_id)}/work/")
-
-
-class DevTarget:
-    """The emulator dev stack with the service as a subprocess, nothing pushing to it but us."""
-
-    name = "dev"
+class Poster:
+    """POSTs to one Flask app through a test client of its own (one per thread: LocalStack's
+    `client` is shared by the bus and the dispatcher's threads)."""
 
     def __init__(self, stack: Any) -> None:
-        from consumer.adapters.storage.gcs import GcsStore, default_client
-
-        self.env = stack.env
-        self.inbox_bucket = stack.config.inbox_bucket
-        storage_url, project = self.env["STORAGE_EMULATOR_HOST"], self.env["GOOGLE_CLOUD_PROJECT"]
-        self.client = default_client(storage_url, project=project)
-        self.store = GcsStore(client_factory=lambda: self.client)
-        url = urlsplit(self.env["SERVICE_URL"])
-        self.address = (url.hostname or "127.0.0.1", url.port or 80)
-        self._connection: http.client.HTTPConnection | None = None
+        self.stack = stack
+        self.client = stack.client.application.test_client()
+        self.inbox_bucket = "inbox"
 
     def post(self, path: str, body: bytes) -> tuple[int, dict[str, Any]]:
-        return self._request("POST", path, body)
-
-    def get(self, path: str) -> dict[str, Any]:
-        return self._request("GET", path, None)[1]
-
-    def _request(self, method: str, path: str, body: bytes | None) -> tuple[int, dict[str, Any]]:
-        for attempt in (1, 2):  # gunicorn may close an idle keep-alive connection: reconnect once
-            if self._connection is None:
-                self._connection = http.client.HTTPConnection(*self.address, timeout=900)
-            try:
-                headers = PUSH_HEADERS if body is not None else {}
-                self._connection.request(method, path, body=body, headers=headers)
-                response = self._connection.getresponse()
-                return response.status, json.loads(response.read() or b"{}")
-            except (http.client.RemoteDisconnected, ConnectionError, http.client.CannotSendRequest):
-                self._connection.close()
-                self._connection = None
-                if attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
-
-    def upload(self, path: Path, name: str, metadata: Mapping[str, str]) -> Uploaded:
-        blob = self.client.bucket(self.inbox_bucket).blob(name)
-        blob.metadata = dict(metadata)
-        blob.upload_from_filename(str(path), content_type="application/zip", timeout=60)
-        return Uploaded(self.inbox_bucket, name, int(blob.generation), int(blob.size))
-
-    def work_files(self, job_id: str) -> dict[str, tuple[int, int]]:
-        return _listing(self.store, f"{self.env['STATE_URL'].rstrip('/')}/jobs/{job_id}/work/")
+        response = self.client.post(path, data=body, headers=PUSH_HEADERS)
+        return response.status_code, response.get_json()
 
 
-def _listing(store: Any, prefix: str) -> dict[str, tuple[int, int]]:
-    return {info.uri[len(prefix) :]: (info.generation, info.size) for info in store.list(prefix)}
+class WorkerPool:
+    """K worker instances (role worker, own scratch folder and lease owner) sharing the stack's
+    buckets, bus and task queue; `deliver` is the dispatcher's delivery: it goes to a free instance,
+    as Cloud Run routes a request to an instance with a free slot (concurrency 1)."""
+
+    def __init__(
+        self,
+        stack: Any,
+        count: int,
+        trainer: Any,
+        *,
+        route: Callable[[Any], int] | None = None,
+        seed: int = 1,
+    ) -> None:
+        from consumer.app import create_app
+        from consumer.services import build_services
+
+        self.stack = stack
+        self.route = route
+        self.rng = random.Random(seed)
+        self.clients = []
+        for i in range(count):
+            settings = replace(stack.settings, role="worker", work_root=str(stack.root / f"instance-{i}"))
+            services = build_services(settings, publisher=stack.bus, trainer=trainer, tasks=stack.tasks)
+            self.clients.append(create_app(services, handle_sigterm=False).test_client())
+        self.free = list(range(count))
+        self.lock = threading.Lock()
+        self.deliveries: list[dict[str, Any]] = []  # task, instance, status, http seconds, answer
+
+    def deliver(self, task: Any) -> int:
+        with self.lock:
+            wanted = self.route(task) if self.route else None
+            if wanted is None and self.free:
+                wanted = self.rng.choice(self.free)
+            if wanted is None or wanted not in self.free:
+                return 429  # no free instance: the queue retries
+            self.free.remove(wanted)
+        started = time.perf_counter()
+        try:
+            headers = {**task.headers, "X-CloudTasks-TaskName": task.name}
+            response = self.clients[wanted].post("/work", data=task.body_bytes, headers=headers)
+        finally:
+            with self.lock:
+                self.free.append(wanted)
+        answer = response.get_json() or {}
+        self.stack.statuses["/work"].append(response.status_code)
+        self.stack.work_answers.append(answer)
+        self.deliveries.append(
+            {"task": task.name, "instance": wanted, "status": response.status_code,
+             "http_seconds": time.perf_counter() - started, "answer": answer}
+        )  # fmt: skip
+        return response.status_code
 
 
-@contextlib.contextmanager
-def open_target(name: str, root: Path, service_env: Mapping[str, str]) -> Iterator[Stack]:
-    if name == "local":
-        yield LocalTarget(root / "local", service_env)
-        return
-    from consumer.local.devstack import DevStack, DevStackConfig
+def use_dispatcher(stack: Any, deliver: Callable[[Any], int], slots: int) -> Any:
+    """Replaces the stack's dispatcher with one delivering through `deliver`."""
+    from consumer.adapters.tasks.local import LocalDispatcher
 
-    config = DevStackConfig(
-        project="rvc-bench", push_subscriptions=False, service_env=dict(service_env), service_log=True
+    stack.dispatcher.stop(wait=False)
+    stack.dispatcher = LocalDispatcher(
+        stack.tasks, deliver, max_concurrent=slots, min_backoff=0.02, max_backoff=0.5
     )
-    stack = DevStack(config, log_dir=root / "dev")
-    stack.start()
-    try:
-        yield DevTarget(stack)
-    finally:
-        stack.stop()
+    return stack.dispatcher
+
+
+# --- a trainer whose slices take a fixed time -----------------------------------------------------
+@dataclass
+class FixedTrainer:
+    """`run_job`'s contract with a fixed cost: each call trains one epoch of `seconds` and pauses
+    (so a job of `epochs` E takes E slices); the first call writes stage outputs, every call
+    rewrites the checkpoint (`checkpoint_bytes` split into G.pth and D.pth, 1:2 as RVC's are).
+    `mode`: "sleep" (GIL free, like a GPU-bound step) or "spin" (pure Python, holds the GIL).
+    While `hold` is set, a call keeps training until it is cleared (intake under load)."""
+
+    seconds: float = 1.0
+    mode: str = "sleep"
+    checkpoint_bytes: int = 0
+    stage_files: int = 0
+    stage_file_bytes: int = 0
+    hold: threading.Event = field(default_factory=threading.Event)
+    started: threading.Event = field(default_factory=threading.Event)
+    calls: list[dict[str, Any]] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __call__(
+        self,
+        dataset_zip: Path,
+        workdir: Path,
+        outdir: Path,
+        spec: Any,
+        env: Any,
+        *,
+        deadline: float | None = None,
+        should_stop: Callable[[], bool] | None = None,
+        progress: Callable[[Any], None] | None = None,
+    ) -> Any:
+        from rvc_core.atomic import write_json
+        from rvc_core.job import JobProgress
+
+        began = time.time()
+        workdir = Path(workdir)
+        checkpoint = workdir / "train" / "checkpoint.json"
+        epoch = json.loads(checkpoint.read_text())["epoch"] if checkpoint.exists() else 0
+        marker = workdir / "stages" / "prepare.json"
+        if not marker.exists():
+            for i in range(self.stage_files):
+                _write_bytes(workdir / "stages" / "features" / f"{i:04d}.npy", self.stage_file_bytes)
+            write_json(marker, {"files_used": 1})
+        self.started.set()
+        self._train(should_stop)
+        epoch += 1
+        if self.checkpoint_bytes:
+            _write_bytes(workdir / "train" / "G.pth", self.checkpoint_bytes // 3)
+            _write_bytes(workdir / "train" / "D.pth", self.checkpoint_bytes - self.checkpoint_bytes // 3)
+        write_json(checkpoint, {"epoch": epoch})
+        with self._lock:
+            self.calls.append({"job": workdir.parent.name, "epoch": epoch, "start": began, "end": time.time()})
+        numbers = {"epoch": epoch, "epochs": spec.epochs, "step": epoch, "losses": {"mel": 1.0 / epoch}}
+        if epoch < spec.epochs:
+            return JobProgress(status="paused", stage="train", **numbers)
+        outdir = Path(outdir)
+        outdir.mkdir(parents=True, exist_ok=True)
+        files = {"pth": outdir / f"{spec.model_name}.pth", "index": outdir / f"{spec.model_name}.index"}
+        for path in files.values():
+            path.write_bytes(b"model")
+        return JobProgress(status="finished", stage="done", artifacts=files, metrics={"epochs": epoch}, **numbers)
+
+    def _train(self, should_stop: Callable[[], bool] | None) -> None:
+        end = time.perf_counter() + self.seconds
+        while self.hold.is_set() or time.perf_counter() < end:
+            if should_stop is not None and should_stop():
+                return
+            if self.mode == "spin":
+                sum(range(2000))  # tens of microseconds of pure Python holding the GIL
+            elif self.hold.is_set():
+                time.sleep(0.01)
+            else:
+                time.sleep(max(0.0, min(0.01, end - time.perf_counter())))
+
+
+_BLOCK = os.urandom(MiB)
+
+
+def _write_bytes(path: Path, size: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as fh:
+        left = size
+        while left > 0:
+            fh.write(_BLOCK[: min(left, MiB)])
+            left -= MiB
+    os.replace(tmp, path)
+
+
+def tiny_zip(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("voice.wav", b"RIFF" + bytes(40))
+    return path
+
+
+def fake_env(slice_budget: float) -> dict[str, str]:
+    return {
+        "SLICE_SECONDS": str(slice_budget),
+        "DISPATCH_DEADLINE_SECONDS": str(min(1800.0, max(15.0, slice_budget * 2))),
+        "PROGRESS_EVERY_EPOCHS": "1",
+        "LEASE_SECONDS": "60",
+    }
 
 
 # --- (a) intake latency ---------------------------------------------------------------------------
@@ -235,14 +306,14 @@ class IntakeResult:
     outcomes: dict[str, int]
 
 
-def measure_intake(target: Stack, deliveries: int) -> IntakeResult:
+def measure_intake(target: Poster, deliveries: int, tag: str = "bench") -> IntakeResult:
     latencies: list[float] = []
     outcomes: dict[str, int] = {}
     base_generation = time.time_ns() // 1000
     for i in range(WARMUP_DELIVERIES + deliveries):
-        name = f"datasets/bench-{i:05d}.zip"
-        metadata = {"model-name": f"bench{i:05d}", "epochs": "10"}
-        body = finalize_push(target.inbox_bucket, name, base_generation + i, 1_829_906, metadata, str(i))
+        name = f"datasets/{tag}-{i:05d}.zip"
+        metadata = {"model-name": f"{tag}{i:05d}", "epochs": "10"}
+        body = finalize_push(target.inbox_bucket, name, base_generation + i, 1_829_906, metadata, f"{tag}{i}")
         started = time.perf_counter()
         status, answer = target.post("/events", body)
         elapsed = time.perf_counter() - started
@@ -263,17 +334,45 @@ def measure_intake(target: Stack, deliveries: int) -> IntakeResult:
     )
 
 
+def measure_intake_idle(root: Path, deliveries: int) -> IntakeResult:
+    stack = new_stack(root, {}, trainer=FixedTrainer())
+    return measure_intake(Poster(stack), deliveries, tag="idle")
+
+
+def measure_intake_busy(root: Path, deliveries: int, mode: str) -> IntakeResult:
+    """Intake while one slice runs on a worker thread: the dispatcher and the bus deliver in the
+    background, the main thread posts uploads to the role-all app (as the default topology: one
+    process takes both)."""
+    trainer = FixedTrainer(seconds=0.0, mode=mode)
+    stack = new_stack(root, fake_env(1000.0), trainer=trainer)
+    trainer.hold.set()
+    stack.upload(tiny_zip(root / "long.zip"), "datasets/long.zip", {"model-name": "long", "epochs": "1"})
+    stack.bus.run_until_idle(timeout=30)
+    stack.dispatcher.start()
+    stack.bus.start()
+    try:
+        if not trainer.started.wait(30):
+            raise RuntimeError("the long slice did not start")
+        result = measure_intake(Poster(stack), deliveries, tag=f"busy{mode}")
+        if trainer.calls:  # the slice must have run all along
+            raise RuntimeError("the slice ended before intake was measured")
+    finally:
+        trainer.hold.clear()
+        stack.dispatcher.stop()
+        stack.bus.stop()
+    return result
+
+
 # --- (b) slice overhead ---------------------------------------------------------------------------
 @dataclass
 class SliceRow:
     seq: int
     outcome: str
-    http_seconds: float  # the POST as the bench saw it
+    http_seconds: float  # the delivery as the dispatcher saw it
     total: float  # the slice as the service measured it
     run_job: float
     overhead: float  # total - run_job
     parts: dict[str, float]
-    epochs: int  # epochs trained in the slice
     files_uploaded: int  # work-dir files whose generation changed in the state bucket
     kib_uploaded: float
 
@@ -291,163 +390,371 @@ class SliceResult:
         return [r for r in self.rows if r.seq > 0 and r.outcome == "advanced"]
 
 
+def _listing(store: Any, prefix: str) -> dict[str, tuple[int, int]]:
+    return {info.uri[len(prefix) :]: (info.generation, info.size) for info in store.list(prefix)}
+
+
 def measure_slices(
-    target: Stack, dataset: Path, *, epochs: int, max_slices: int, log: Callable[[str], None]
+    root: Path, service_env: Mapping[str, str], *, epochs: int, log: Callable[[str], None]
 ) -> SliceResult:
-    metadata = {"model-name": "slices", "epochs": str(epochs)}
-    uploaded = target.upload(dataset, "datasets/slices.zip", metadata)
-    body = finalize_push(
-        uploaded.bucket, uploaded.name, uploaded.generation, uploaded.size, metadata, "slices-intake"
-    )
-    status, answer = target.post("/events", body)
-    if status != 200 or answer.get("outcome") != "accepted":
-        raise RuntimeError(f"intake did not accept the dataset: {status} {answer}")
-    job_id = answer["job_id"]
+    """One job of the real pipeline, its slices delivered by the local dispatcher."""
+    from rvc_core.testing import simple_dataset_zip
+
+    stack = new_stack(root, service_env)  # the real trainer: rvc_core.job.run_job
+    dataset = simple_dataset_zip(root / "voice.zip", files=3, seconds=6.0)
+    info = stack.upload(dataset, "datasets/slices.zip", {"model-name": "slices", "epochs": str(epochs)})
+    del info
+    stack.bus.run_until_idle(timeout=60)
+    records = stack.services.records
+    store = stack.services.store_for(records.state_url)
+    job_ids = [p.name for p in (stack.root / "state" / "jobs").iterdir()]
+    prefix = f"{records.job_prefix(job_ids[0])}/work/"
     result = SliceResult()
-    before = target.work_files(job_id)
-    for seq in range(max_slices):
+    before: dict[str, tuple[int, int]] = {}
+    deliver = stack.dispatcher.deliver
+
+    def measured(task: Any) -> int:
+        nonlocal before
         started = time.perf_counter()
-        status, answer = target.post("/work", work_push(job_id, seq, f"work-{seq}"))
+        status = deliver(task)
         http_seconds = time.perf_counter() - started
-        after = target.work_files(job_id)
+        answer = stack.work_answers[-1]
+        after = _listing(store, prefix)
         changed = [name for name, entry in after.items() if before.get(name) != entry]
         before = after
-        last = (target.get(f"/jobs/{job_id}").get("history") or [{}])[-1]
         timings = dict(answer.get("timings") or {})
         total, run_job = timings.pop("total", http_seconds), timings.get("run_job", 0.0)
         row = SliceRow(
-            seq=seq,
+            seq=int(answer.get("seq") or 0),
             outcome=str(answer.get("outcome")),
             http_seconds=http_seconds,
             total=total,
             run_job=run_job,
             overhead=total - run_job,
             parts={k: v for k, v in timings.items() if k != "run_job"},
-            epochs=int(last.get("epoch_to") or 0) - int(last.get("epoch_from") or 0),
             files_uploaded=len(changed),
             kib_uploaded=sum(after[name][1] for name in changed) / 1024,
         )
         result.rows.append(row)
-        log(f"  slice {seq}: {row.outcome}, {row.total:.2f} s, overhead {row.overhead:.3f} s")
-        if row.outcome != "advanced":
-            break
+        log(f"  slice {row.seq}: {row.outcome}, {row.total:.2f} s, overhead {row.overhead:.3f} s")
+        return status
+
+    stack.dispatcher.deliver = measured
+    stack.run(timeout=3600)
     return result
 
 
-# --- reporting ------------------------------------------------------------------------------------
-def intake_table(results: Mapping[str, IntakeResult]) -> str:
-    lines = [f"{'stack':<6} {'n':>5} {'p50':>8} {'p90':>8} {'p99':>8} {'max':>8} {'mean':>8}  outcomes"]
-    for name, r in results.items():
-        outcomes = ", ".join(f"{k}: {v}" for k, v in sorted(r.outcomes.items()))
-        lines.append(
-            f"{name:<6} {r.deliveries:>5} {r.p50_ms:>8.1f} {r.p90_ms:>8.1f} {r.p99_ms:>8.1f} "
-            f"{r.max_ms:>8.1f} {r.mean_ms:>8.1f}  {outcomes}"
+# --- (c) the work queue ---------------------------------------------------------------------------
+@dataclass
+class JobRow:
+    job: int
+    slices: int
+    wait_s: float  # upload to the start of its first slice
+    done_s: float  # upload to the end of its last slice
+
+
+@dataclass
+class QueueResult:
+    runner: str
+    jobs: int
+    slots: int
+    slice_seconds: float
+    rows: list[JobRow]
+    makespan_s: float  # first upload to the last final result
+    training_s: float  # sum of S_j * T
+    ideal_s: float  # training_s / slots
+    makespan_ratio: float  # makespan / ideal
+    slices_run: int
+    dispatched: int
+    dispatches_per_slice: float
+    statuses: dict[str, int]
+    finals: dict[str, int]
+
+
+def job_lengths(jobs: int) -> list[int]:
+    """Slices per job, all different within each group of five: 2, 5, 3, 1, 4, 2, ..."""
+    return [(j * 3 + 1) % 5 + 1 for j in range(jobs)]
+
+
+def measure_queue(root: Path, *, jobs: int, slots: int, seconds: float, runner: str) -> QueueResult:
+    trainer = FixedTrainer(seconds=seconds)
+    stack = new_stack(root, fake_env(max(5.0, seconds * 3)), trainer=trainer, slots=slots)
+    pool = None
+    if runner == "pool":
+        pool = WorkerPool(stack, slots, trainer)
+        use_dispatcher(stack, pool.deliver, slots)
+    lengths = job_lengths(jobs)
+    dataset = tiny_zip(root / "voice.zip")
+    uploaded: dict[str, tuple[int, float]] = {}  # job id -> (index, upload time)
+    from consumer.jobs.records import job_id_for, source_key
+
+    t0 = time.time()
+    for j, length in enumerate(lengths):
+        name = f"datasets/queue-{j}.zip"
+        at = time.time()
+        info = stack.upload(dataset, name, {"model-name": f"queue{j}", "epochs": str(length)})
+        uploaded[job_id_for(source_key("inbox", name, info.generation))] = (j, at)
+    stack.run(timeout=600 + 10 * sum(lengths) * seconds)
+    end = time.time()
+    finals: dict[str, int] = {}
+    for r in stack.finals():
+        finals[r.kind] = finals.get(r.kind, 0) + 1
+    rows = []
+    for job_id, (j, at) in sorted(uploaded.items(), key=lambda kv: kv[1][0]):
+        calls = [c for c in trainer.calls if c["job"] == job_id]
+        rows.append(
+            JobRow(
+                job=j,
+                slices=len(calls),
+                wait_s=min(c["start"] for c in calls) - at if calls else float("nan"),
+                done_s=max(c["end"] for c in calls) - at if calls else float("nan"),
+            )
         )
-    return "\n".join(lines)
+    training = sum(lengths) * seconds
+    statuses: dict[str, int] = {}  # /work answers by outcome ("ahead", "busy": answered 429, retried)
+    for answer in stack.work_answers:
+        outcome = str((answer or {}).get("outcome"))
+        statuses[outcome] = statuses.get(outcome, 0) + 1
+    makespan = end - t0
+    return QueueResult(
+        runner=runner, jobs=jobs, slots=slots, slice_seconds=seconds, rows=rows, makespan_s=makespan,
+        training_s=training, ideal_s=training / slots, makespan_ratio=makespan / (training / slots),
+        slices_run=len(trainer.calls), dispatched=stack.dispatcher.dispatched,
+        dispatches_per_slice=stack.dispatcher.dispatched / max(1, len(trainer.calls)),
+        statuses=statuses, finals=finals,
+    )  # fmt: skip
 
 
-def slice_table(results: Mapping[str, SliceResult]) -> str:
-    from consumer.work.slices import SLICE_PARTS
+# --- (d) what a switch between instances costs ----------------------------------------------------
+@dataclass
+class SwitchRow:
+    seq: int
+    instance: str
+    kind: str  # first (no work dir yet), local (ran the previous slice), switched
+    restore_s: float
+    dataset_s: float
+    sync_s: float
+    overhead_s: float  # total - run_job
+    total_s: float
 
-    seen = {p for s in results.values() for r in s.rows for p in r.parts}
-    parts = [p for p in SLICE_PARTS if p in seen]
-    header = [
-        "stack", "seq", "outcome", "epochs", "total", "run_job", "overhead", "%480s", *parts, "other",
-        "edge", "files", "KiB",
-    ]  # fmt: skip
-    rows = [header]
-    for name, result in results.items():
-        for r in result.rows:
-            other = r.overhead - sum(r.parts.values())
-            rows.append(
-                [
-                    name, str(r.seq), r.outcome, str(r.epochs), f"{r.total:.3f}", f"{r.run_job:.3f}",
-                    f"{r.overhead:.3f}", f"{r.overhead_share_of_production_slice:.3f}",
-                    *(f"{r.parts[p]:.3f}" if p in r.parts else "-" for p in parts),
-                    f"{other:.3f}", f"{r.http_seconds - r.total:.3f}", str(r.files_uploaded),
-                    f"{r.kib_uploaded:.0f}",
-                ]
-            )  # fmt: skip
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+
+SWITCH_PLAN = "AABBAA"
+
+
+def measure_switch(root: Path, *, mib: int, seconds: float) -> tuple[list[SwitchRow], int]:
+    stage_files, stage_bytes = 200, 20 * 1024
+    checkpoint = max(0, mib * MiB - stage_files * stage_bytes)
+    trainer = FixedTrainer(
+        seconds=seconds, checkpoint_bytes=checkpoint, stage_files=stage_files, stage_file_bytes=stage_bytes
+    )
+    stack = new_stack(root, fake_env(max(30.0, seconds * 3)), trainer=trainer)
+
+    def route(task: Any) -> int:
+        seq = int(task.name.rsplit("-", 1)[1])
+        return ord(SWITCH_PLAN[min(seq, len(SWITCH_PLAN) - 1)]) - ord("A")
+
+    pool = WorkerPool(stack, 2, trainer, route=route)
+    use_dispatcher(stack, pool.deliver, 1)
+    stack.upload(tiny_zip(root / "voice.zip"), "datasets/switch.zip", {"model-name": "switch", "epochs": str(len(SWITCH_PLAN))})
+    stack.run(timeout=3600)
+    rows, previous = [], None
+    for d in pool.deliveries:
+        answer = d["answer"]
+        t = answer.get("timings") or {}
+        if answer.get("outcome") not in ("advanced", "finished"):
+            continue
+        seq = int(answer["seq"])
+        kind = "first" if previous is None else ("local" if previous == d["instance"] else "switched")
+        previous = d["instance"]
+        rows.append(
+            SwitchRow(
+                seq=seq, instance="AB"[d["instance"]], kind=kind, restore_s=t.get("restore", 0.0),
+                dataset_s=t.get("dataset", 0.0), sync_s=t.get("sync", 0.0),
+                overhead_s=t.get("total", 0.0) - t.get("run_job", 0.0), total_s=t.get("total", 0.0),
+            )
+        )  # fmt: skip
+    return rows, stage_files * stage_bytes + checkpoint
+
+
+# --- reporting ------------------------------------------------------------------------------------
+def render(rows: list[list[str]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)) for row in rows)
 
 
-def summary(results: Mapping[str, SliceResult]) -> dict[str, dict[str, float]]:
-    """Per stack: the mean and worst overhead of the steady slices, in seconds and % of 480 s."""
+def intake_table(results: Mapping[str, IntakeResult]) -> str:
+    rows = [["while", "n", "p50", "p90", "p99", "max", "mean", "outcomes"]]
+    for name, r in results.items():
+        outcomes = ", ".join(f"{k}: {v}" for k, v in sorted(r.outcomes.items()))
+        rows.append(
+            [name, str(r.deliveries), *(f"{v:.1f}" for v in (r.p50_ms, r.p90_ms, r.p99_ms, r.max_ms, r.mean_ms)), outcomes]
+        )
+    return render(rows)
+
+
+def slice_table(result: SliceResult) -> str:
+    from consumer.work.slices import SLICE_PARTS
+
+    seen = {p for r in result.rows for p in r.parts}
+    parts = [p for p in SLICE_PARTS if p in seen]
+    rows = [["seq", "outcome", "total", "run_job", "overhead", "%480s", *parts, "other", "edge", "files", "KiB"]]
+    for r in result.rows:
+        other = r.overhead - sum(r.parts.values())
+        rows.append(
+            [
+                str(r.seq), r.outcome, f"{r.total:.3f}", f"{r.run_job:.3f}", f"{r.overhead:.3f}",
+                f"{r.overhead_share_of_production_slice:.3f}",
+                *(f"{r.parts[p]:.3f}" if p in r.parts else "-" for p in parts),
+                f"{other:.3f}", f"{r.http_seconds - r.total:.3f}", str(r.files_uploaded), f"{r.kib_uploaded:.0f}",
+            ]
+        )  # fmt: skip
+    return render(rows)
+
+
+def slice_summary(result: SliceResult) -> dict[str, float]:
+    """The mean and worst overhead of the steady slices, in seconds and % of 480 s."""
+    steady = result.steady() or result.rows
+    overheads = [r.overhead for r in steady]
+    return {
+        "steady_slices": len(steady),
+        "mean_overhead_s": statistics.fmean(overheads),
+        "max_overhead_s": max(overheads),
+        "mean_overhead_pct_of_480s": 100 * statistics.fmean(overheads) / PRODUCTION_SLICE_SECONDS,
+        "max_overhead_pct_of_480s": 100 * max(overheads) / PRODUCTION_SLICE_SECONDS,
+    }
+
+
+def queue_tables(results: list[QueueResult]) -> str:
+    out = []
+    summary = [["runner", "jobs", "K", "T s", "slices", "sum S*T", "sum/K", "makespan", "ratio",
+                "dispatched", "disp/slice", "/work outcomes", "finals"]]  # fmt: skip
+    for q in results:
+        summary.append(
+            [
+                q.runner, str(q.jobs), str(q.slots), f"{q.slice_seconds:g}", str(q.slices_run),
+                f"{q.training_s:.1f}", f"{q.ideal_s:.1f}", f"{q.makespan_s:.2f}", f"{q.makespan_ratio:.3f}",
+                str(q.dispatched), f"{q.dispatches_per_slice:.3f}",
+                " ".join(f"{k}x{v}" for k, v in sorted(q.statuses.items())),
+                " ".join(f"{k}x{v}" for k, v in sorted(q.finals.items())),
+            ]
+        )  # fmt: skip
+    out.append(render(summary))
+    for q in results:
+        rows = [["job", "slices", "wait s", "done s"]]
+        rows += [[str(r.job), str(r.slices), f"{r.wait_s:.2f}", f"{r.done_s:.2f}"] for r in q.rows]
+        waits = [r.wait_s for r in q.rows]
+        out.append(
+            f"\n{q.runner} K={q.slots}: wait from upload to first slice start, p50 "
+            f"{statistics.median(waits):.2f} s, max {max(waits):.2f} s\n{render(rows)}"
+        )
+    return "\n".join(out)
+
+
+def switch_table(rows: list[SwitchRow]) -> str:
+    table = [["seq", "instance", "kind", "restore", "dataset", "sync", "overhead", "total"]]
+    for r in rows:
+        table.append(
+            [str(r.seq), r.instance, r.kind, *(f"{v:.3f}" for v in (r.restore_s, r.dataset_s, r.sync_s, r.overhead_s, r.total_s))]
+        )
+    return render(table)
+
+
+def switch_summary(rows: list[SwitchRow]) -> dict[str, float]:
     out = {}
-    for name, result in results.items():
-        steady = result.steady() or result.rows
-        overheads = [r.overhead for r in steady]
-        out[name] = {
-            "steady_slices": len(steady),
-            "mean_overhead_s": statistics.fmean(overheads),
-            "max_overhead_s": max(overheads),
-            "mean_overhead_pct_of_480s": 100 * statistics.fmean(overheads) / PRODUCTION_SLICE_SECONDS,
-            "max_overhead_pct_of_480s": 100 * max(overheads) / PRODUCTION_SLICE_SECONDS,
-        }
+    for kind in ("local", "switched"):
+        picked = [r for r in rows if r.kind == kind]
+        if picked:
+            out[f"{kind}_restore_s_p50"] = statistics.median(r.restore_s for r in picked)
+            out[f"{kind}_overhead_s_p50"] = statistics.median(r.overhead_s for r in picked)
     return out
+
+
+PARTS = ("intake", "slices", "queue", "switch")
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--stack", choices=("local", "dev", "both"), default="both")
-    p.add_argument("--deliveries", type=int, default=200, help="timed /events deliveries per stack")
-    p.add_argument("--slices", type=int, default=8, help="slices of the one job, at most")
-    p.add_argument("--slice-seconds", type=float, default=5.0, help="SLICE_SECONDS of the service")
-    p.add_argument("--epochs", type=int, default=30, help="epochs of the job")
-    p.add_argument("--no-slices", action="store_true", help="measure intake only")
+    p.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated, of {', '.join(PARTS)}")
+    p.add_argument("--deliveries", type=int, default=200, help="timed /events deliveries per measurement")
+    p.add_argument("--slice-seconds", type=float, default=5.0, help="(b) SLICE_SECONDS of the service")
+    p.add_argument("--epochs", type=int, default=30, help="(b) epochs of the job")
+    p.add_argument("--jobs", type=int, default=6, help="(c) jobs uploaded at once")
+    p.add_argument("--slots", type=int, nargs="+", default=[1, 3], help="(c) worker slots K, each measured")
+    p.add_argument("--slice-time", type=float, default=1.0, help="(c) seconds of every fake slice")
+    p.add_argument("--runner", choices=("pool", "shared", "both"), default="pool", help="(c) see above")
+    p.add_argument("--switch-mib", type=int, default=450, help="(d) work-dir size, MiB")
     p.add_argument("--json", action="store_true", help="also print the results as one JSON line")
     args = p.parse_args(argv)
+    parts = [x.strip() for x in args.parts.split(",") if x.strip()]
+    if unknown := set(parts) - set(PARTS):
+        p.error(f"unknown parts: {', '.join(sorted(unknown))}")
 
-    from rvc_core.testing import simple_dataset_zip
+    import logging
+
+    logging.getLogger("consumer").setLevel(logging.ERROR)
 
     def log(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
-    service_env = {
-        "SLICE_SECONDS": str(args.slice_seconds),
-        "TRAIN_PRESET": "tiny",
-        "RVC_ASSETS": "none",
-        "RVC_PRETRAINED": "none",
-        "DEVICE": "cpu",
-        "PROGRESS_EVERY_EPOCHS": "1",  # the most progress publishing a job can do
-    }
-    intake: dict[str, IntakeResult] = {}
-    slices: dict[str, SliceResult] = {}
-    stacks = ("local", "dev") if args.stack == "both" else (args.stack,)
+    out: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="rvc-bench-consumer-") as tmp:
         root = Path(tmp)
-        dataset = simple_dataset_zip(root / "voice.zip", files=3, seconds=6.0)
-        for name in stacks:
-            log(f"{name}: starting")
-            with open_target(name, root, service_env) as target:
-                log(f"{name}: intake, {args.deliveries} deliveries")
-                intake[name] = measure_intake(target, args.deliveries)
-                if not args.no_slices:
-                    log(f"{name}: slices of one job")
-                    slices[name] = measure_slices(
-                        target, dataset, epochs=args.epochs, max_slices=args.slices, log=log
-                    )
-    print("intake latency: POST /events of a wrapped finalize push, ms (goal: p50 < 50)")
-    print(intake_table(intake))
-    if slices:
-        print(
-            f"\nslice overhead: seconds outside run_job per /work slice (SLICE_SECONDS="
-            f"{args.slice_seconds:g}, tiny preset, CPU; %480s = overhead as a share of a production "
-            f"slice; goal < 5)\n{slice_table(slices)}"
-        )
-        for name, s in summary(slices).items():
+        if "intake" in parts:
+            intake: dict[str, IntakeResult] = {}
+            log("intake: idle")
+            intake["idle"] = measure_intake_idle(root / "intake-idle", args.deliveries)
+            for mode in ("sleep", "spin"):
+                log(f"intake: while a slice runs ({mode})")
+                intake[f"busy-{mode}"] = measure_intake_busy(root / f"intake-{mode}", args.deliveries, mode)
+            print("intake latency: POST /events of a wrapped finalize push, ms (goal: p50 < 50)")
+            print(intake_table(intake))
+            out["intake"] = {k: asdict(v) for k, v in intake.items()}
+        if "slices" in parts:
+            log("slices of one job (real pipeline, tiny preset, CPU)")
+            env = {"SLICE_SECONDS": str(args.slice_seconds), "DISPATCH_DEADLINE_SECONDS": "60",
+                   "PROGRESS_EVERY_EPOCHS": "1"}  # fmt: skip
+            sliced = measure_slices(root / "slices", env, epochs=args.epochs, log=log)
+            s = slice_summary(sliced)
             print(
-                f"{name}: steady slices {s['steady_slices']:.0f}, overhead mean {s['mean_overhead_s']:.3f} s "
+                f"\nslice overhead: seconds outside run_job per /work slice (SLICE_SECONDS={args.slice_seconds:g}, "
+                f"tiny preset, CPU; %480s = overhead as a share of a 480 s slice; goal < 5)\n{slice_table(sliced)}"
+            )
+            print(
+                f"steady slices {s['steady_slices']:.0f}, overhead mean {s['mean_overhead_s']:.3f} s "
                 f"({s['mean_overhead_pct_of_480s']:.3f} % of 480 s), max {s['max_overhead_s']:.3f} s "
                 f"({s['max_overhead_pct_of_480s']:.3f} %)"
             )
+            out["slices"] = [asdict(r) for r in sliced.rows]
+            out["slice_summary"] = s
+        if "queue" in parts:
+            queued = []
+            runners = ("pool", "shared") if args.runner == "both" else (args.runner,)
+            for runner in runners:
+                for k in args.slots:
+                    log(f"queue: {args.jobs} jobs on {k} slots, runner {runner}")
+                    queued.append(
+                        measure_queue(root / f"queue-{runner}-{k}", jobs=args.jobs, slots=k,
+                                      seconds=args.slice_time, runner=runner)
+                    )  # fmt: skip
+            print(
+                f"\nwork queue: {args.jobs} jobs uploaded at once, slices of {args.slice_time:g} s (fake trainer), "
+                f"lengths {job_lengths(args.jobs)} slices; ratio = makespan / (sum S*T / K) (goal ~1); "
+                "disp/slice = deliveries / slices run (goal <= 1.05)"
+            )
+            print(queue_tables(queued))
+            out["queue"] = [asdict(q) for q in queued]
+        if "switch" in parts:
+            log(f"switch: work dir of {args.switch_mib} MiB over two instances, {SWITCH_PLAN}")
+            rows, size = measure_switch(root / "switch", mib=args.switch_mib, seconds=0.2)
+            s = switch_summary(rows)
+            print(
+                f"\nswitch between instances: work dir {size / MiB:.0f} MiB (synthetic: 200 x 20 KiB stage "
+                f"outputs + G.pth/D.pth rewritten each slice), local file store, seconds"
+            )
+            print(switch_table(rows))
+            print(", ".join(f"{k} {v:.3f}" for k, v in s.items()))
+            out["switch"] = {"rows": [asdict(r) for r in rows], "work_dir_bytes": size, **s}
     if args.json:
-        out = {
-            "intake": {k: asdict(v) for k, v in intake.items()},
-            "slices": {k: [asdict(r) for r in v.rows] for k, v in slices.items()},
-            "slice_summary": summary(slices) if slices else {},
-        }
         print(json.dumps(out))
     return 0
 
