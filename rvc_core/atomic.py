@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
+
 import functools
 import json
 import os
@@ -11,8 +16,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 
 def default_file_mode() -> int:
@@ -60,6 +63,8 @@ def write_json(target: Path, obj: Any) -> None:
 
 
 def write_npy(target: Path, array: np.ndarray) -> None:
+    import numpy as np  # here, not at import: the api service's image has no numpy
+
     with atomic_path(target) as tmp, open(tmp, "wb") as fh:
         np.save(fh, array, allow_pickle=False)
 
