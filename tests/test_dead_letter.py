@@ -1,10 +1,9 @@
-"""The dead-letter function (functions/dead_letter/main.py).
+"""The dead-letter function (functions/dead_letter/main.py): a dead-lettered intake delivery.
 
-It is deployed alone and cannot import `consumer`, so besides its behaviour these tests check that
-its copies of consumer's shapes (job record, result CloudEvent, job id, model-name hint, intake
-screens) agree with the originals. The emulator tests run the real chain: a push subscription whose
-endpoint keeps failing, the Pub/Sub emulator dead-lettering the message, the function handling it
-against fake-gcs-server.
+The function imports the job protocol from `consumer.jobs` (tests/test_job_protocol.py checks that its
+deploy archive carries it), so these tests check behaviour only. The emulator test runs the real chain:
+a push subscription whose endpoint keeps failing, the Pub/Sub emulator dead-lettering the message, the
+function handling it against fake-gcs-server.
 """
 
 from __future__ import annotations
@@ -16,21 +15,22 @@ import sys
 import threading
 import time
 import types
-from collections.abc import Callable, Iterator
-from dataclasses import MISSING, fields
+from collections.abc import Callable, Iterator, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from consumer.jobs.records import JobRecord, Lease, SourceObject
-from consumer.jobs.results import read_result, result_message
+from consumer.errors import NotFound, PreconditionFailed
+from consumer.jobs.records import JobRecord, JobRecords, SourceObject, job_id_for, source_key
+from consumer.jobs.results import Results, read_result, result_message
 from tests.emulators import FakeGcs, PubSubEmulator, unique_name
 
 FUNCTION_PATH = Path(__file__).resolve().parents[1] / "functions" / "dead_letter" / "main.py"
-NOW = 1_800_000_000.0  # seconds since the epoch, the fixed clock of the unit tests
 PROJECT = "rvc-test"
+STATE = "gs://state"
+RESULTS_TOPIC = "results"
 
 
 def _load_function() -> types.ModuleType:
@@ -61,53 +61,65 @@ fn = _load_function()
 
 # --- stand-ins for the unit tests --------------------------------------------------------------------
 class MemoryStore:
-    """Job records with generations, like the state bucket; `before_next_write` simulates a racer."""
+    """The part of an ObjectStore that JobRecords uses, with generations like Cloud Storage's;
+    `before_next_write` runs a racer just before the next write."""
 
     def __init__(self) -> None:
         self.objects: dict[str, tuple[bytes, int]] = {}
         self.generation = 100
         self.before_next_write: Callable[[], None] | None = None
 
-    def put(self, record: dict[str, Any]) -> None:
-        self.generation += 1
-        self.objects[record["job_id"]] = (fn.encode_record(record), self.generation)
+    def read_bytes(self, uri: str) -> tuple[bytes, int]:
+        if uri not in self.objects:
+            raise NotFound(uri)
+        return self.objects[uri]
 
-    def read(self, job_id: str) -> tuple[dict[str, Any], int] | None:
-        if job_id not in self.objects:
-            return None
-        data, generation = self.objects[job_id]
-        return json.loads(data), generation
-
-    def write(self, job_id: str, record: dict[str, Any], *, if_generation_match: int) -> None:
+    def write_bytes(
+        self,
+        uri: str,
+        data: bytes,
+        *,
+        if_generation_match: int | None = None,
+        content_type: str | None = None,
+        metadata: dict[str, str] | None = None,
+    ) -> int:
         if self.before_next_write is not None:
             racer, self.before_next_write = self.before_next_write, None
             racer()
-        current = self.objects.get(job_id, (b"", 0))[1]
-        if current != if_generation_match:
-            raise fn.Conflict(f"generation {current} != {if_generation_match}")
-        self.put(record)
-
-    def record(self, job_id: str) -> dict[str, Any]:
-        loaded = self.read(job_id)
-        assert loaded is not None, f"no record for {job_id}"
-        return loaded[0]
+        current = self.objects.get(uri, (b"", 0))[1]
+        if if_generation_match is not None and current != if_generation_match:
+            raise PreconditionFailed(f"{uri}: generation {current} != {if_generation_match}")
+        self.generation += 1
+        self.objects[uri] = (data, self.generation)
+        return self.generation
 
 
 class RecordingPublisher:
     def __init__(self) -> None:
-        self.messages: list[tuple[bytes, dict[str, str]]] = []
+        self.messages: list[tuple[str, bytes, dict[str, str]]] = []
 
-    def publish(self, data: bytes, attributes: dict[str, str]) -> str:
-        self.messages.append((data, dict(attributes)))
+    def publish(self, topic: str, data: bytes, attributes: Mapping[str, str]) -> str:
+        self.messages.append((topic, data, dict(attributes)))
         return str(len(self.messages))
 
     def results(self) -> list[Any]:
-        return [read_result(data, attributes) for data, attributes in self.messages]
+        return [read_result(data, attributes) for _, data, attributes in self.messages]
+
+
+class RecordingTasks:
+    def __init__(self) -> None:
+        self.created: dict[str, bytes] = {}
+
+    def create(self, name: str, body: bytes, headers: Mapping[str, str] | None = None) -> bool:
+        if name in self.created:
+            return False
+        self.created[name] = body
+        return True
 
 
 @pytest.fixture
-def store() -> MemoryStore:
-    return MemoryStore()
+def records() -> JobRecords:
+    return JobRecords(MemoryStore(), STATE)  # type: ignore[arg-type]
 
 
 @pytest.fixture
@@ -116,14 +128,18 @@ def publisher() -> RecordingPublisher:
 
 
 @pytest.fixture
-def deps(store: MemoryStore, publisher: RecordingPublisher) -> Any:
-    return fn.Deps(store=store, results=publisher, project=PROJECT, clock=lambda: NOW)
+def deps(records: JobRecords, publisher: RecordingPublisher) -> Any:
+    results = Results(publisher, RESULTS_TOPIC, project=PROJECT)
+    return fn.Deps(records=records, results=results, own_buckets=(STATE, "gs://models"))
 
 
-def consumer_record(**changes: Any) -> JobRecord:
-    """A job record as the service writes it (consumer's own dataclass)."""
+ALICE = job_id_for(source_key("inbox", "datasets/alice.zip", 7))
+
+
+def service_record(**changes: Any) -> JobRecord:
+    """The record the service keeps for inbox/datasets/alice.zip#7, running by default."""
     record = JobRecord(
-        job_id="a1b2c3d4e5f60718",
+        job_id=ALICE,
         model_name="alice",
         source=SourceObject(
             uri="gs://inbox/datasets/alice.zip", bucket="inbox", name="datasets/alice.zip", generation=7
@@ -133,12 +149,19 @@ def consumer_record(**changes: Any) -> JobRecord:
         stage="train",
         seq=3,
         announced=["accepted"],
-        created_at="2027-01-15T08:00:00.000Z",
-        updated_at="2027-01-15T08:10:00.000Z",
     )
     for key, value in changes.items():
         setattr(record, key, value)
     return record
+
+
+def put(records: JobRecords, record: JobRecord) -> None:
+    """Stores `record` as it is, replacing any record of its job."""
+    records.store.write_bytes(records.record_uri(record.job_id), json.dumps(record.to_json()).encode())
+
+
+def raw_record(records: JobRecords, job_id: str) -> bytes:
+    return records.store.read_bytes(records.record_uri(job_id))[0]
 
 
 def envelope(data: bytes, attributes: dict[str, str], *, message_id: str = "9001") -> dict[str, Any]:
@@ -156,68 +179,55 @@ def envelope(data: bytes, attributes: dict[str, str], *, message_id: str = "9001
 
 DEAD_LETTER_ATTRIBUTES = {
     "CloudPubSubDeadLetterSourceDeliveryCount": "10",
-    "CloudPubSubDeadLetterSourceSubscription": "rvc-work-push",
+    "CloudPubSubDeadLetterSourceSubscription": "rvc-intake-push",
     "CloudPubSubDeadLetterSourceSubscriptionProject": PROJECT,
     "CloudPubSubDeadLetterSourceTopicPublishTime": "2027-01-15T08:20:00.000Z",
 }
 
 
-def work_letter(job_id: str, seq: int) -> Any:
-    token = json.dumps({"job_id": job_id, "seq": seq}).encode()
-    attributes = {"job_id": job_id, "seq": str(seq), **DEAD_LETTER_ATTRIBUTES}
-    return fn.DeadLetter.from_push(envelope(token, attributes))
-
-
-def intake_letter(name: str, *, generation: int = 7, metadata: dict[str, str] | None = None) -> Any:
-    resource: dict[str, Any] = {"bucket": "inbox", "name": name, "generation": str(generation)}
+def intake_letter(
+    name: str, *, bucket: str = "inbox", generation: int = 7, metadata: dict[str, str] | None = None
+) -> Any:
+    resource: dict[str, Any] = {"bucket": bucket, "name": name, "generation": str(generation)}
     if metadata is not None:
         resource["metadata"] = metadata
     attributes = {
-        "bucketId": "inbox",
+        "bucketId": bucket,
         "objectId": name,
         "objectGeneration": str(generation),
         "eventType": "OBJECT_FINALIZE",
         "payloadFormat": "JSON_API_V1",
         **DEAD_LETTER_ATTRIBUTES,
-        "CloudPubSubDeadLetterSourceSubscription": "rvc-intake-push",
     }
     return fn.DeadLetter.from_push(envelope(json.dumps(resource).encode(), attributes))
 
 
 # --- behaviour --------------------------------------------------------------------------------------------
-def test_dead_lettered_work_token_fails_the_job_with_one_failed_result(
-    store: MemoryStore, publisher: RecordingPublisher, deps: Any
+def test_dead_lettered_upload_without_record_gets_a_failed_record_and_one_failed_result(
+    records: JobRecords, publisher: RecordingPublisher, deps: Any
 ) -> None:
-    store.put(consumer_record(lease=Lease(owner="old-instance", expires_at=NOW - 30)).to_json())
+    letter = intake_letter("datasets/voice.zip", metadata={"Model-Name": "alice", "epochs": "50"})
 
-    outcome = fn.process(work_letter("a1b2c3d4e5f60718", 3), deps)
+    outcome = fn.process(letter, deps)
 
-    assert outcome.action == "reported"
+    job_id = job_id_for(source_key("inbox", "datasets/voice.zip", 7))
+    assert (outcome.action, outcome.job_id) == ("reported", job_id)
+    record = records.get(job_id)
+    assert record is not None
+    assert (record.status, record.stage, record.model_name) == ("failed", "intake", "alice")
+    assert record.source == SourceObject("gs://inbox/datasets/voice.zip", "inbox", "datasets/voice.zip", 7)
+    assert record.error is not None and record.error["code"] == "dead_lettered"
+    assert record.announced == ["failed"] and record.announcing == {}
     [result] = publisher.results()
-    assert result.kind == "failed"
-    assert result.attributes["job_id"] == "a1b2c3d4e5f60718"
+    assert (result.kind, result.subject, result.attributes["job_id"]) == ("failed", "alice", job_id)
     assert result.data["error"]["code"] == "dead_lettered"
     assert result.data["dead_letter"]["delivery_count"] == 10
-    assert result.data["dead_letter"]["attributes"] == {"job_id": "a1b2c3d4e5f60718", "seq": "3"}
+    assert result.data["dead_letter"]["attributes"]["objectId"] == "datasets/voice.zip"
+    assert [topic for topic, _, _ in publisher.messages] == [RESULTS_TOPIC]
 
 
-def test_dead_lettered_job_record_is_marked_failed(store: MemoryStore, deps: Any) -> None:
-    store.put(consumer_record().to_json())
-
-    fn.process(work_letter("a1b2c3d4e5f60718", 3), deps)
-
-    record = JobRecord.from_json(store.record("a1b2c3d4e5f60718"))
-    assert record.status == "failed"
-    assert record.error is not None and record.error["code"] == "dead_lettered"
-    assert record.error["stage"] == "train"
-    assert "failed" in record.announced
-
-
-def test_the_same_dead_letter_handled_twice_reports_once(
-    store: MemoryStore, publisher: RecordingPublisher, deps: Any
-) -> None:
-    store.put(consumer_record().to_json())
-    letter = work_letter("a1b2c3d4e5f60718", 3)
+def test_the_same_dead_letter_handled_twice_reports_once(publisher: RecordingPublisher, deps: Any) -> None:
+    letter = intake_letter("datasets/voice.zip")
 
     fn.process(letter, deps)
     second = fn.process(letter, deps)
@@ -226,266 +236,257 @@ def test_the_same_dead_letter_handled_twice_reports_once(
     assert len(publisher.messages) == 1
 
 
-def test_job_with_a_final_result_is_left_alone(
-    store: MemoryStore, publisher: RecordingPublisher, deps: Any
-) -> None:
-    store.put(
-        consumer_record(status="succeeded", stage="done", announced=["accepted", "succeeded"]).to_json()
-    )
-    before = store.objects["a1b2c3d4e5f60718"]
+def test_dead_lettered_intake_never_touches_a_healthy_queued_job(tmp_path: Path) -> None:
+    """Behaviour 5: the real Intake queued the job (and published its `accepted`); a dead-lettered
+    duplicate of the same notification leaves its record queued and publishes nothing."""
+    from consumer.edge.deliveries import ObjectFinalized
+    from consumer.services import build_services
+    from consumer.settings import Settings
 
-    outcome = fn.process(work_letter("a1b2c3d4e5f60718", 3), deps)
+    settings = Settings.from_env(
+        {
+            "STATE_BUCKET": f"file://{tmp_path}/state",
+            "MODELS_BUCKET": f"file://{tmp_path}/models",
+            "MESSAGING": "local",
+            "SERVICE_ROLE": "api",
+            "GOOGLE_CLOUD_PROJECT": PROJECT,
+        }
+    )
+    publisher, tasks = RecordingPublisher(), RecordingTasks()
+    services = build_services(settings, publisher=publisher, tasks=tasks)
+    assert services.intake is not None
+    accepted = services.intake.accept_upload(
+        ObjectFinalized("inbox", "datasets/alice.zip", 7, {"epochs": "5"})
+    )
+    assert (accepted.outcome, accepted.job_id) == ("accepted", ALICE)
+    before = raw_record(services.records, ALICE)
+    published = len(publisher.messages)
+    results = Results(publisher, settings.results_topic, project=PROJECT)
+    deps = fn.Deps(records=services.records, results=results, inbox_prefix=settings.inbox_prefix)
+
+    outcome = fn.process(intake_letter("datasets/alice.zip"), deps)
+
+    assert outcome.action == "job_healthy"
+    record = services.records.get(ALICE)
+    assert record is not None and record.status == "queued"
+    assert raw_record(services.records, ALICE) == before
+    assert len(publisher.messages) == published
+    assert "failed" not in {result.kind for result in publisher.results()}
+    assert list(tasks.created) == [f"{ALICE}-0"]
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"status": "running", "stage": "train", "seq": 3},
+        {"status": "queued", "stage": "queued", "seq": 0, "announced": ["accepted"]},
+        {"status": "queued", "stage": "queued", "seq": 2, "announced": []},
+    ],
+    ids=["running", "queued", "moved_on"],
+)
+def test_job_that_intake_had_finished_with_is_left_alone(
+    changes: dict[str, Any], records: JobRecords, publisher: RecordingPublisher, deps: Any
+) -> None:
+    put(records, service_record(**changes))
+    before = raw_record(records, ALICE)
+
+    outcome = fn.process(intake_letter("datasets/alice.zip"), deps)
+
+    assert outcome.action == "job_healthy"
+    assert publisher.messages == []
+    assert raw_record(records, ALICE) == before
+
+
+def test_job_whose_intake_never_finished_is_marked_failed_once(
+    records: JobRecords, publisher: RecordingPublisher, deps: Any
+) -> None:
+    stale_claim = time.time() - 600  # left by an intake delivery that died announcing the job
+    put(
+        records,
+        service_record(
+            status="queued", stage="queued", seq=0, announced=[], announcing={"accepted": stale_claim}
+        ),
+    )
+
+    outcome = fn.process(intake_letter("datasets/alice.zip"), deps)
+
+    assert outcome.action == "reported"
+    record = records.get(ALICE)
+    assert record is not None and record.status == "failed"
+    assert record.error is not None and (record.error["code"], record.error["stage"]) == (
+        "dead_lettered",
+        "intake",
+    )
+    assert "failed" in record.announced
+    [result] = publisher.results()
+    assert (result.kind, result.attributes["job_id"]) == ("failed", ALICE)
+
+
+def test_job_that_intake_is_announcing_right_now_is_retried_later(
+    records: JobRecords, publisher: RecordingPublisher, deps: Any
+) -> None:
+    put(
+        records,
+        service_record(
+            status="queued", stage="queued", seq=0, announced=[], announcing={"accepted": time.time()}
+        ),
+    )
+
+    with pytest.raises(fn.RetryLater, match="intake is announcing"):
+        fn.process(intake_letter("datasets/alice.zip"), deps)
+
+    assert publisher.messages == []
+    record = records.get(ALICE)
+    assert record is not None and record.status == "queued"
+
+
+def test_job_with_a_final_result_is_left_alone(
+    records: JobRecords, publisher: RecordingPublisher, deps: Any
+) -> None:
+    put(records, service_record(status="succeeded", stage="done", announced=["accepted", "succeeded"]))
+    before = raw_record(records, ALICE)
+
+    outcome = fn.process(intake_letter("datasets/alice.zip"), deps)
 
     assert outcome.action == "already_reported"
     assert publisher.messages == []
-    assert store.objects["a1b2c3d4e5f60718"] == before
+    assert raw_record(records, ALICE) == before
 
 
 def test_final_result_that_never_went_out_is_published_as_the_service_would(
-    store: MemoryStore, publisher: RecordingPublisher, deps: Any
+    records: JobRecords, publisher: RecordingPublisher, deps: Any
 ) -> None:
     error = {"stage": "train", "code": "storage_unavailable", "message": "503s", "retryable": True}
-    record = consumer_record(status="failed", error=error)
-    store.put(record.to_json())
+    record = service_record(status="failed", error=error)
+    put(records, record)
 
-    fn.process(work_letter("a1b2c3d4e5f60718", 3), deps)
+    outcome = fn.process(intake_letter("datasets/alice.zip"), deps)
 
-    [(data, attributes)] = publisher.messages
-    expected = result_message("failed", record, project=PROJECT, clock=lambda: NOW)
-    assert (json.loads(data), attributes) == (json.loads(expected.data), expected.attributes)
-    assert "failed" in store.record("a1b2c3d4e5f60718")["announced"]
+    assert outcome.action == "reported"
+    [(_, data, attributes)] = publisher.messages
+    expected = result_message("failed", record, project=PROJECT)
+    ignore_time = {k: v for k, v in attributes.items() if k != "ce-time"}
+    assert (json.loads(data), ignore_time) == (
+        json.loads(expected.data),
+        {k: v for k, v in expected.attributes.items() if k != "ce-time"},
+    )
+    stored = records.get(ALICE)
+    assert stored is not None and "failed" in stored.announced
 
 
-def test_result_the_service_is_publishing_right_now_is_left_to_it(
-    store: MemoryStore, publisher: RecordingPublisher, deps: Any
+def test_result_another_publisher_claimed_moments_ago_is_retried_later(
+    records: JobRecords, publisher: RecordingPublisher, deps: Any
 ) -> None:
     error = {"stage": "train", "code": "slice_failed", "message": "boom", "retryable": False}
-    store.put(consumer_record(status="failed", error=error, announcing={"failed": NOW - 5}).to_json())
+    put(records, service_record(status="failed", error=error, announcing={"failed": time.time() - 5}))
 
-    outcome = fn.process(work_letter("a1b2c3d4e5f60718", 3), deps)
+    with pytest.raises(fn.RetryLater, match="claimed by another publisher"):
+        fn.process(intake_letter("datasets/alice.zip"), deps)
 
-    assert outcome.action == "claimed_elsewhere"
     assert publisher.messages == []
 
 
 def test_a_claim_left_by_a_crashed_publisher_is_taken_over(
-    store: MemoryStore, publisher: RecordingPublisher, deps: Any
+    records: JobRecords, publisher: RecordingPublisher, deps: Any
 ) -> None:
     error = {"stage": "train", "code": "slice_failed", "message": "boom", "retryable": False}
-    store.put(consumer_record(status="failed", error=error, announcing={"failed": NOW - 600}).to_json())
-
-    outcome = fn.process(work_letter("a1b2c3d4e5f60718", 3), deps)
-
-    assert outcome.action == "reported"
-    assert len(publisher.messages) == 1
-    record = store.record("a1b2c3d4e5f60718")
-    assert "failed" in record["announced"] and record["announcing"] == {}
-
-
-def test_stale_work_token_is_dropped(store: MemoryStore, publisher: RecordingPublisher, deps: Any) -> None:
-    store.put(consumer_record(seq=5).to_json())
-
-    outcome = fn.process(work_letter("a1b2c3d4e5f60718", 2), deps)
-
-    assert outcome.action == "stale"
-    assert publisher.messages == []
-    assert store.record("a1b2c3d4e5f60718")["status"] == "running"
-
-
-def test_job_leased_by_a_live_slice_is_retried_later(
-    store: MemoryStore, publisher: RecordingPublisher, deps: Any
-) -> None:
-    store.put(consumer_record(lease=Lease(owner="busy-instance", expires_at=NOW + 45)).to_json())
-
-    with pytest.raises(fn.RetryLater, match="busy-instance"):
-        fn.process(work_letter("a1b2c3d4e5f60718", 3), deps)
-
-    assert publisher.messages == []
-    assert store.record("a1b2c3d4e5f60718")["status"] == "running"
-
-
-def test_job_that_finished_during_the_update_is_not_failed(
-    store: MemoryStore, publisher: RecordingPublisher, deps: Any
-) -> None:
-    store.put(consumer_record().to_json())
-    finished = consumer_record(status="succeeded", stage="done", announced=["accepted", "succeeded"])
-    store.before_next_write = lambda: store.put(finished.to_json())  # the service wins the race
-
-    outcome = fn.process(work_letter("a1b2c3d4e5f60718", 3), deps)
-
-    assert outcome.action == "already_reported"
-    assert publisher.messages == []
-    assert store.record("a1b2c3d4e5f60718")["status"] == "succeeded"
-
-
-def test_work_token_of_a_job_without_record_is_dropped(publisher: RecordingPublisher, deps: Any) -> None:
-    outcome = fn.process(work_letter("0000000000000000", 1), deps)
-
-    assert outcome.action == "unknown_job"
-    assert publisher.messages == []
-
-
-def test_dead_lettered_upload_without_record_gets_a_failed_record_and_result(
-    store: MemoryStore, publisher: RecordingPublisher, deps: Any
-) -> None:
-    letter = intake_letter("datasets/voice.zip", metadata={"Model-Name": "alice", "epochs": "50"})
-
-    fn.process(letter, deps)
-
-    job_id = fn.job_id_for("inbox/datasets/voice.zip#7")
-    record = JobRecord.from_json(store.record(job_id))
-    assert (record.status, record.stage, record.model_name) == ("failed", "intake", "alice")
-    assert record.source == SourceObject("gs://inbox/datasets/voice.zip", "inbox", "datasets/voice.zip", 7)
-    [result] = publisher.results()
-    assert (result.kind, result.subject) == ("failed", "alice")
-    assert result.data["dead_letter"]["attributes"]["objectId"] == "datasets/voice.zip"
-
-
-def test_dead_lettered_upload_whose_job_started_is_left_alone(
-    store: MemoryStore, publisher: RecordingPublisher, deps: Any
-) -> None:
-    job_id = fn.job_id_for("inbox/datasets/alice.zip#7")
-    store.put(consumer_record(job_id=job_id, status="queued", stage="queued", seq=0).to_json())
+    put(records, service_record(status="failed", error=error, announcing={"failed": time.time() - 600}))
 
     outcome = fn.process(intake_letter("datasets/alice.zip"), deps)
 
-    assert outcome.action == "job_started"
+    assert outcome.action == "reported"
+    assert len(publisher.messages) == 1
+    record = records.get(ALICE)
+    assert record is not None and "failed" in record.announced and record.announcing == {}
+
+
+def test_job_that_intake_finished_during_the_update_is_not_failed(
+    records: JobRecords, publisher: RecordingPublisher, deps: Any
+) -> None:
+    put(records, service_record(status="queued", stage="queued", seq=0, announced=[]))
+    queued = service_record(status="queued", stage="queued", seq=0, announced=["accepted"])
+    records.store.before_next_write = lambda: put(records, queued)  # intake wins the race
+
+    outcome = fn.process(intake_letter("datasets/alice.zip"), deps)
+
+    assert outcome.action == "job_healthy"
     assert publisher.messages == []
+    record = records.get(ALICE)
+    assert record is not None and record.status == "queued"
+
+
+def test_failed_record_made_by_a_racing_delivery_is_reported_once(
+    records: JobRecords, publisher: RecordingPublisher, deps: Any
+) -> None:
+    letter = intake_letter("datasets/voice.zip")
+    records.store.before_next_write = lambda: fn.process(letter, deps)  # a duplicate runs first
+
+    outcome = fn.process(letter, deps)
+
+    assert outcome.action == "already_reported"
+    assert len(publisher.messages) == 1
 
 
 @pytest.mark.parametrize(
-    "name",
+    ("bucket", "name"),
     [
-        "gcloud/tmp/parallel_composite_uploads/part-1",
-        "elsewhere/voice.zip",
-        "datasets/notes.txt",
-        "datasets/",
+        ("inbox", "gcloud/tmp/parallel_composite_uploads/part-1"),
+        ("inbox", "elsewhere/voice.zip"),
+        ("inbox", "datasets/notes.txt"),
+        ("inbox", "datasets/"),
+        ("state", "datasets/voice.zip"),
     ],
 )
 def test_dead_lettered_notification_of_a_non_dataset_is_ignored(
-    name: str, store: MemoryStore, publisher: RecordingPublisher, deps: Any
+    bucket: str, name: str, records: JobRecords, publisher: RecordingPublisher, deps: Any
 ) -> None:
-    outcome = fn.process(intake_letter(name), deps)
+    outcome = fn.process(intake_letter(name, bucket=bucket), deps)
 
     assert outcome.action == "ignored"
-    assert publisher.messages == [] and store.objects == {}
+    assert publisher.messages == [] and records.store.objects == {}
 
 
-def test_message_that_is_neither_upload_nor_token_is_ignored(
-    publisher: RecordingPublisher, deps: Any
+def test_dead_lettered_work_token_is_ignored(
+    records: JobRecords, publisher: RecordingPublisher, deps: Any
 ) -> None:
+    """Work goes through Cloud Tasks now; a token left on the retired Pub/Sub work topic is dropped."""
+    put(records, service_record())
+    before = raw_record(records, ALICE)
+    token = json.dumps({"job_id": ALICE, "seq": 3}).encode()
+    letter = fn.DeadLetter.from_push(envelope(token, {"job_id": ALICE, "seq": "3", **DEAD_LETTER_ATTRIBUTES}))
+
+    outcome = fn.process(letter, deps)
+
+    assert outcome.action == "ignored" and "work token" in outcome.reason
+    assert publisher.messages == []
+    assert raw_record(records, ALICE) == before
+
+
+def test_message_that_is_not_a_notification_is_ignored(publisher: RecordingPublisher, deps: Any) -> None:
     letter = fn.DeadLetter.from_push(envelope(b"not json", dict(DEAD_LETTER_ATTRIBUTES)))
 
     assert fn.process(letter, deps).action == "ignored"
     assert publisher.messages == []
 
 
+def test_handle_logs_what_it_did(
+    deps: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(fn, "deps_from_env", lambda: deps)
+    letter = intake_letter("datasets/voice.zip")
+    event = types.SimpleNamespace(data=envelope(letter.data, {**letter.attributes, **DEAD_LETTER_ATTRIBUTES}))
+
+    fn.handle(event)
+
+    line = json.loads(capsys.readouterr().out)
+    assert line["severity"] == "WARNING" and "reported" in line["message"]
+    assert line["delivery_count"] == 10
+
+
 def test_unreadable_event_is_acked_without_raising(capsys: pytest.CaptureFixture[str]) -> None:
     fn.handle(types.SimpleNamespace(data={"no": "message"}))
 
     assert "unreadable dead-letter event" in capsys.readouterr().out
-
-
-# --- the copies agree with consumer's originals -----------------------------------------------------------
-def test_failed_result_matches_the_services_result_message() -> None:
-    error = {"stage": "train", "code": "dead_lettered", "message": "gave up", "retryable": True}
-    record = consumer_record(status="failed", error=error, superseded_by=None)
-    extra = {"dead_letter": {"delivery_count": 5}}
-
-    data, attributes = fn.result_message(
-        "failed", record.to_json(), project=PROJECT, extra=extra, clock=lambda: NOW
-    )
-
-    expected = result_message("failed", record, project=PROJECT, extra=extra, clock=lambda: NOW)
-    assert attributes == expected.attributes
-    assert json.loads(data) == json.loads(expected.data)
-
-
-def test_succeeded_result_matches_the_services_result_message() -> None:
-    record = consumer_record(
-        status="succeeded",
-        artifacts={"model": "gs://models/alice/a1/alice.pth"},
-        metrics={"epochs": 200},
-        dataset_report={"segments": 40},
-    )
-
-    data, attributes = fn.result_message("succeeded", record.to_json(), project=PROJECT, clock=lambda: NOW)
-
-    expected = result_message("succeeded", record, project=PROJECT, clock=lambda: NOW)
-    assert (json.loads(data), attributes) == (json.loads(expected.data), expected.attributes)
-
-
-def test_record_fields_match_the_services_job_record() -> None:
-    consumer_defaults = {f.name: _default_of(f) for f in fields(JobRecord)}
-    required = {name for name, default in consumer_defaults.items() if default is MISSING}
-
-    assert required == {"job_id", "model_name", "source", "spec"}  # what new_failed_record fills in
-    service_defaults = {k: v for k, v in consumer_defaults.items() if k not in required}
-    assert service_defaults == fn.RECORD_DEFAULTS
-
-
-def _default_of(f: Any) -> Any:
-    if f.default is not MISSING:
-        return f.default
-    if f.default_factory is not MISSING:
-        return f.default_factory()
-    return MISSING
-
-
-def test_job_id_matches_the_services() -> None:
-    from consumer.jobs.records import job_id_for
-
-    assert fn.job_id_for("inbox/datasets/alice.zip#1736358966947877") == job_id_for(
-        "inbox/datasets/alice.zip#1736358966947877"
-    )
-
-
-@pytest.mark.parametrize(
-    ("metadata", "name"),
-    [
-        ({"model-name": "alice"}, "datasets/voice.zip"),
-        ({"Model_Name": "bob"}, "datasets/voice.zip"),
-        ({"name": "bad name!"}, "datasets/My Voice (2).zip"),
-        ({"name": "carol", "model": "dave"}, "datasets/voice.zip"),
-        ({}, "datasets/deep/nested/carol.ZIP"),
-        ({"epochs": "10"}, "datasets/..zip"),
-    ],
-)
-def test_model_name_hint_matches_the_services(metadata: dict[str, str], name: str) -> None:
-    from consumer.jobs.intake import _model_name_hint
-
-    assert fn.model_name_hint(metadata, name) == _model_name_hint(metadata, name)
-
-
-def test_model_name_keys_match_the_services_aliases() -> None:
-    from consumer.jobs.metadata import ALIASES
-
-    service_keys = {key for key, target in ALIASES.items() if target == "model_name"}
-    assert service_keys == fn.MODEL_NAME_KEYS
-
-
-@pytest.mark.parametrize(
-    "name",
-    [
-        "datasets/alice.zip",
-        "datasets/sub/alice.ZIP",
-        "gcloud/tmp/parallel_composite_uploads/x",
-        "elsewhere/a.zip",
-        "datasets/a.txt",
-        "datasets/sub/",
-    ],
-)
-def test_intake_screens_match_the_services(name: str) -> None:
-    from consumer.edge.deliveries import ObjectFinalized
-    from consumer.jobs.intake import screen
-    from consumer.settings import Settings
-
-    settings = Settings(state_bucket="gs://state", models_bucket="gs://models", inbox_prefix="datasets/")
-    service_ignores = screen(ObjectFinalized("inbox", name, 7, {}), settings) is not None
-
-    function_ignores = isinstance(fn.read_letter(intake_letter(name), "datasets/"), str)
-
-    assert function_ignores == service_ignores
 
 
 # --- against the emulators --------------------------------------------------------------------------------
@@ -608,42 +609,6 @@ def pulled_results(project: str, subscription: str) -> list[Any]:
     from consumer.adapters.messaging.admin import pull
 
     return [read_result(m.data, m.attributes) for m in pull(project, subscription, timeout=3)]
-
-
-@pytest.mark.emulator
-def test_work_token_dead_lettered_by_pubsub_fails_the_job_once(
-    function_env: dict[str, str], failing_endpoint: FailingEndpoint, pubsub_emulator: PubSubEmulator
-) -> None:
-    from consumer.adapters.messaging.admin import ensure_topic
-    from consumer.adapters.messaging.pubsub import PubSubPublisher
-    from consumer.adapters.storage.gcs import GcsStore
-    from consumer.jobs.records import JobRecords
-    from consumer.work.slices import WorkQueue, WorkToken
-
-    project = function_env["GOOGLE_CLOUD_PROJECT"]
-    records = JobRecords(GcsStore(), function_env["STATE_BUCKET"])
-    records.create(consumer_record(job_id="feedfacecafe0001"))
-    work_topic = unique_name("work")
-    ensure_topic(project, work_topic)
-    queue = WorkQueue(PubSubPublisher(project), work_topic)
-
-    message = dead_letter_via_emulator(
-        project,
-        work_topic,
-        failing_endpoint,
-        lambda: queue.publish(WorkToken("feedfacecafe0001", 3)),
-        match="feedfacecafe0001",
-    )
-    fn.handle(as_cloud_event(message))
-    fn.handle(as_cloud_event(message))  # Eventarc may deliver it twice
-
-    [result] = pulled_results(project, function_env["RESULTS_TOPIC"])
-    assert (result.kind, result.attributes["job_id"]) == ("failed", "feedfacecafe0001")
-    assert result.data["dead_letter"]["delivery_count"] == 5
-    assert result.data["dead_letter"]["attributes"] == {"job_id": "feedfacecafe0001", "seq": "3"}
-    stored = records.get("feedfacecafe0001")
-    assert stored is not None and stored.status == "failed"
-    assert stored.error is not None and stored.error["code"] == "dead_lettered"
 
 
 @pytest.mark.emulator

@@ -1,66 +1,45 @@
-"""The dead-letter function: a message that exhausted its deliveries becomes one `failed` result.
+"""The dead-letter function: an upload notification that exhausted its deliveries becomes one `failed` result.
 
-Pub/Sub moves an intake notification or a work token to the dead-letter topic after
-`max_delivery_attempts` failed pushes; Eventarc hands each such message to `handle`. For its job:
+Pub/Sub moves an intake notification to the dead-letter topic after `max_delivery_attempts` failed
+pushes to the intake endpoint; Eventarc hands each such message to `handle`. Work never comes here
+(it goes through a Cloud Tasks queue that retries without limit), so a dead-lettered work token, left
+over from the Pub/Sub work topic of old, is ignored with a log line. For the upload's job:
 
+- not a training upload (the upload filters) → nothing;
 - the job already has a final status → its final result is published if it never went out, else
-  nothing happens (exactly one final result per job);
-- a work token older than the job's current `seq` (the job moved on) or an intake whose job already
-  started → nothing happens;
-- the job is leased by a live slice → `RetryLater` is raised and Eventarc redelivers later;
-- otherwise the job record is marked failed (`dead_lettered`, by compare-and-swap) and one `failed`
-  result carrying the delivery count and the original attributes is published. An intake that never
+  nothing happens (exactly one final result per job); a fresh claim of another publisher on it →
+  `RetryLater`;
+- the job exists and intake had finished with it (it is queued, running or has moved on) → nothing:
+  a healthy job is never touched;
+- intake is announcing the job right now (a fresh claim) → `RetryLater`, and Eventarc redelivers;
+- otherwise the record is marked failed (`dead_lettered`, by compare-and-swap) and one `failed`
+  result, carrying the delivery count and the original attributes, is published. An upload that never
   made a record gets a failed record, so `GET /jobs/<id>` explains it too.
 
-Deployed alone, so it cannot import `consumer`: the few shapes it shares (job record, result
-CloudEvent, job id, the intake screens) are small copies; tests/test_dead_letter.py checks that they
-agree with consumer's.
+The job protocol (record, compare-and-swap, publish-once claim, result message, job id, upload
+filters, model-name rule) is `consumer.jobs`, shipped inside this function's archive (the file list is
+functions/dead_letter/ARCHIVE); this module holds only the delivery parsing, the decision and two
+small Google Cloud adapters.
 """
 
 from __future__ import annotations
 
 import base64
 import functools
-import hashlib
 import json
 import os
-import re
 import sys
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any, Literal, Protocol
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import functions_framework
 
-# --- shapes shared with consumer/ -------------------------------------------------------------------
-FINAL_STATUSES = frozenset({"succeeded", "failed", "superseded"})  # consumer/jobs/records.py
-CE_TYPE_PREFIX = "dev.rvc-trainer.training"  # consumer/jobs/results.py
-COMPOSITE_PARTS_PREFIX = "gcloud/tmp/"  # consumer/jobs/intake.py
-MODEL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # consumer/jobs/metadata.py
-MODEL_NAME_KEYS = frozenset({"model_name", "modelname"})  # consumer/jobs/metadata.py: ALIASES → model_name
-RECORD_DEFAULTS: dict[str, Any] = {  # consumer.jobs.records.JobRecord's fields after the required four
-    "status": "queued",
-    "stage": "queued",
-    "seq": 0,
-    "lease": None,
-    "consecutive_failures": 0,
-    "slices": 0,
-    "progress": {},
-    "artifacts": {},
-    "metrics": {},
-    "dataset_report": None,
-    "error": None,
-    "unknown_keys": [],
-    "output_url": None,
-    "announced": [],
-    "announcing": {},
-    "superseded_by": None,
-    "history": [],
-    "created_at": "",
-    "updated_at": "",
-}
+from consumer.errors import NotFound, PreconditionFailed
+from consumer.jobs.records import JobRecord, JobRecords, SourceObject, job_id_for, source_key
+from consumer.jobs.results import CLAIM_SECONDS, ResultKind, Results, final_kind, publish_once
+from consumer.jobs.uploads import model_name_hint, why_not_an_upload
 
 # Attributes Pub/Sub adds to a dead-lettered message (everything else is the original's).
 DEAD_LETTER_ATTRIBUTE_PREFIX = "CloudPubSubDeadLetter"
@@ -68,22 +47,15 @@ DELIVERY_COUNT_ATTRIBUTE = "CloudPubSubDeadLetterSourceDeliveryCount"
 SOURCE_SUBSCRIPTION_ATTRIBUTE = "CloudPubSubDeadLetterSourceSubscription"
 
 ERROR_CODE = "dead_lettered"
-CAS_ATTEMPTS = 20
 CALL_TIMEOUT_S = 30.0
+READ_ATTEMPTS = 20
 
-ResultKind = Literal["succeeded", "failed"]
-Action = Literal[
-    "reported", "already_reported", "claimed_elsewhere", "stale", "job_started", "unknown_job", "ignored"
-]
-CLAIM_SECONDS = 30.0  # consumer/jobs/results.py: a publish claim older than this was left by a crash
+Action = Literal["reported", "already_reported", "job_healthy", "ignored"]
 
 
 class RetryLater(Exception):
-    """The job is leased by a live slice: decide once the lease is over (Eventarc redelivers)."""
-
-
-class Conflict(Exception):
-    """A compare-and-swap write lost a race: re-read and try again."""
+    """Another publisher (intake, a slice) holds a fresh claim on the job's announcement: decide once
+    it has finished or its claim has expired (Eventarc redelivers)."""
 
 
 # --- what arrived ---------------------------------------------------------------------------------------
@@ -113,11 +85,15 @@ class DeadLetter:
             source_subscription=attributes.get(SOURCE_SUBSCRIPTION_ATTRIBUTE, ""),
         )
 
-
-@dataclass(frozen=True)
-class WorkToken:
-    job_id: str
-    seq: int
+    @property
+    def details(self) -> dict[str, Any]:
+        """What the `failed` result says about the delivery (`dead_letter` in its data)."""
+        return {
+            "delivery_count": self.delivery_count,
+            "source_subscription": self.source_subscription,
+            "message_id": self.message_id,
+            "attributes": dict(self.attributes),
+        }
 
 
 @dataclass(frozen=True)
@@ -129,161 +105,44 @@ class Upload:
 
     @property
     def job_id(self) -> str:
-        return job_id_for(f"{self.bucket}/{self.name}#{self.generation}")
+        return job_id_for(source_key(self.bucket, self.name, self.generation))
 
 
-def job_id_for(source_key: str) -> str:
-    """consumer.jobs.records.job_id_for: a short stable hash of `bucket/object#generation`."""
-    return hashlib.sha256(source_key.encode("utf-8")).hexdigest()[:16]
-
-
-def read_letter(letter: DeadLetter, inbox_prefix: str) -> WorkToken | Upload | str:
-    """The job a dead-lettered message was about, or why it was about none."""
+def read_letter(letter: DeadLetter, *, inbox_prefix: str, own_buckets: tuple[str, ...] = ()) -> Upload | str:
+    """The upload a dead-lettered notification was about, or why it was about none."""
     attributes = letter.attributes
-    if "bucketId" in attributes and "objectId" in attributes:
-        return _read_notification(letter, inbox_prefix)
-    try:
-        raw = json.loads(letter.data)
-    except ValueError:
-        return "neither a storage notification nor a work token"
-    seq = raw.get("seq") if isinstance(raw, dict) else None
-    if isinstance(raw, dict) and isinstance(raw.get("job_id"), str) and type(seq) is int and seq >= 0:
-        return WorkToken(raw["job_id"], seq)
-    return "neither a storage notification nor a work token"
-
-
-def _read_notification(letter: DeadLetter, inbox_prefix: str) -> Upload | str:
-    attributes = letter.attributes
-    name = attributes["objectId"]
+    if "bucketId" not in attributes or "objectId" not in attributes:
+        if _is_work_token(letter.data):
+            return "a work token from the retired Pub/Sub work topic (work goes through Cloud Tasks now)"
+        return "not a storage notification"
+    bucket, name = attributes["bucketId"], attributes["objectId"]
     event_type = attributes.get("eventType", "OBJECT_FINALIZE")
     # The service answers these 2xx and ignores them; dead-lettered only while it was unreachable.
     if event_type != "OBJECT_FINALIZE":
         return f"{event_type} is not an upload"
-    if name.startswith(COMPOSITE_PARTS_PREFIX):
-        return f"{name} is a part of a parallel composite upload"
-    if not name.startswith(inbox_prefix) or name.endswith("/") or not name.lower().endswith(".zip"):
-        return f"{name} is not a dataset zip under {inbox_prefix}"
-    resource: dict[str, Any] = {}
-    if letter.data:
-        try:
-            parsed = json.loads(letter.data)
-            resource = parsed if isinstance(parsed, dict) else {}
-        except ValueError:
-            resource = {}
-    generation = attributes.get("objectGeneration") or resource.get("generation")
+    why_not = why_not_an_upload(bucket, name, inbox_prefix=inbox_prefix, own_buckets=own_buckets)
+    if why_not is not None:
+        return f"{bucket}/{name}: {why_not}"
+    resource = _json_object(letter.data)
     try:
-        generation_number = int(str(generation))
+        generation = int(str(attributes.get("objectGeneration") or resource.get("generation")))
     except ValueError:
-        return f"{name}: no object generation in the notification"
+        return f"{bucket}/{name}: no object generation in the notification"
     metadata = resource.get("metadata") if isinstance(resource.get("metadata"), dict) else {}
-    return Upload(
-        attributes["bucketId"], name, generation_number, {str(k): str(v) for k, v in metadata.items()}
-    )
+    return Upload(bucket, name, generation, {str(k): str(v) for k, v in metadata.items()})
 
 
-# --- the job record ---------------------------------------------------------------------------------------
-class RecordStore(Protocol):
-    def read(self, job_id: str) -> tuple[dict[str, Any], int] | None:
-        """The record and its generation, or None when the job has none."""
-
-    def write(self, job_id: str, record: dict[str, Any], *, if_generation_match: int) -> None:
-        """Writes only if the stored generation still matches (0: only if absent); else `Conflict`."""
-
-
-class ResultPublisher(Protocol):
-    def publish(self, data: bytes, attributes: Mapping[str, str]) -> str: ...
+def _json_object(data: bytes) -> dict[str, Any]:
+    try:
+        parsed = json.loads(data) if data else {}
+    except ValueError:
+        return {}
+    return parsed if isinstance(parsed, dict) else {}
 
 
-def now_iso(clock: Callable[[], float]) -> str:
-    """consumer.jobs.records.now_iso."""
-    return datetime.fromtimestamp(clock(), UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def encode_record(record: Mapping[str, Any]) -> bytes:
-    """The bytes consumer.jobs.records writes: sorted, indented JSON and a newline."""
-    return (json.dumps(record, indent=2, sort_keys=True, default=str) + "\n").encode("utf-8")
-
-
-def model_name_hint(metadata: Mapping[str, str], object_name: str) -> str:
-    """A model name for a job that never got a record: the metadata's, else the zip's stem."""
-    for key, value in metadata.items():
-        if key.strip().lower().replace("-", "_") in MODEL_NAME_KEYS and MODEL_NAME.match(value):
-            return value
-    stem = object_name.rsplit("/", 1)[-1]
-    stem = stem[: -len(".zip")] if stem.lower().endswith(".zip") else stem
-    return re.sub(r"[^A-Za-z0-9_-]+", "_", stem).strip("_")[:64] or "model"
-
-
-def new_failed_record(upload: Upload, error: dict[str, Any], stamp: str) -> dict[str, Any]:
-    """A whole record (every consumer field) for an intake that died before making one."""
-    return {
-        "job_id": upload.job_id,
-        "model_name": model_name_hint(upload.metadata, upload.name),
-        "source": {
-            "uri": f"gs://{upload.bucket}/{upload.name}",
-            "bucket": upload.bucket,
-            "name": upload.name,
-            "generation": upload.generation,
-        },
-        "spec": {},
-        **json.loads(json.dumps(RECORD_DEFAULTS)),  # fresh copies of the mutable defaults
-        "status": "failed",
-        "stage": "intake",
-        "error": error,
-        "created_at": stamp,
-        "updated_at": stamp,
-    }
-
-
-# --- the result CloudEvent (consumer/jobs/results.py, Pub/Sub binding, binary mode) ----------------------------
-def event_data(
-    kind: ResultKind, record: Mapping[str, Any], extra: Mapping[str, Any] | None
-) -> dict[str, Any]:
-    data: dict[str, Any] = {
-        "job_id": record["job_id"],
-        "model_name": record["model_name"],
-        "status": record["status"],
-        "source": record["source"],
-        "spec": record["spec"],
-    }
-    if kind == "succeeded":
-        data.update(
-            artifacts=record.get("artifacts", {}),
-            metrics=record.get("metrics", {}),
-            dataset_report=record.get("dataset_report"),
-        )
-    else:
-        data.update(error=record.get("error"), dataset_report=record.get("dataset_report"))
-        if record.get("superseded_by"):
-            data["superseded_by"] = record["superseded_by"]
-    data.update(extra or {})
-    return data
-
-
-def result_message(
-    kind: ResultKind,
-    record: Mapping[str, Any],
-    *,
-    project: str,
-    extra: Mapping[str, Any] | None = None,
-    clock: Callable[[], float] = time.time,
-) -> tuple[bytes, dict[str, str]]:
-    """(data, attributes) exactly as the service publishes them; the `ce-id` is the one the service
-    would use, so a subscriber can drop a duplicate final result."""
-    attributes = {
-        "ce-specversion": "1.0",
-        "ce-id": f"{record['job_id']}.{kind}",
-        "ce-source": f"//rvc-trainer.{project}/consumer",
-        "ce-type": f"{CE_TYPE_PREFIX}.{kind}",
-        "ce-subject": record["model_name"],
-        "ce-time": datetime.fromtimestamp(clock(), UTC).isoformat().replace("+00:00", "Z"),
-        "content-type": "application/json",
-        "job_id": record["job_id"],
-        "model_name": record["model_name"],
-        "status": record["status"],
-    }
-    body = json.dumps(event_data(kind, record, extra), sort_keys=True, default=str).encode("utf-8")
-    return body, attributes
+def _is_work_token(data: bytes) -> bool:
+    raw = _json_object(data)
+    return isinstance(raw.get("job_id"), str) and type(raw.get("seq")) is int
 
 
 # --- the decision -----------------------------------------------------------------------------------------
@@ -296,222 +155,212 @@ class Outcome:
 
 @dataclass(frozen=True)
 class Deps:
-    store: RecordStore
-    results: ResultPublisher
-    project: str
+    records: JobRecords
+    results: Results
     inbox_prefix: str = "datasets/"
+    own_buckets: tuple[str, ...] = ()  # the service's state and models buckets: never uploads
     clock: Callable[[], float] = time.time
 
 
-def dead_letter_error(letter: DeadLetter, about: WorkToken | Upload, stage: str) -> dict[str, Any]:
-    what = "work token" if isinstance(about, WorkToken) else "upload notification"
+def dead_letter_error(letter: DeadLetter) -> dict[str, Any]:
     attempts = (
         f"{letter.delivery_count} delivery attempts" if letter.delivery_count else "every delivery attempt"
     )
     return {
-        "stage": stage,
+        "stage": "intake",
         "code": ERROR_CODE,
         "message": (
-            f"the service failed {attempts} of this job's {what} "
+            f"the service failed {attempts} of this upload's notification "
             f"({letter.source_subscription or 'unknown subscription'}); upload the dataset again to retry"
         ),
         "retryable": True,
     }
 
 
-def dead_letter_details(letter: DeadLetter) -> dict[str, Any]:
-    return {
-        "delivery_count": letter.delivery_count,
-        "source_subscription": letter.source_subscription,
-        "message_id": letter.message_id,
-        "attributes": dict(letter.attributes),
-    }
+def failed_record(upload: Upload, error: dict[str, Any], now: float) -> JobRecord:
+    """The record of an upload whose intake died before making one; it carries the claim to announce."""
+    return JobRecord(
+        job_id=upload.job_id,
+        model_name=model_name_hint(upload.metadata, upload.name),
+        source=SourceObject(
+            uri=f"gs://{upload.bucket}/{upload.name}",
+            bucket=upload.bucket,
+            name=upload.name,
+            generation=upload.generation,
+        ),
+        spec={},
+        status="failed",
+        stage="intake",
+        error=error,
+        announcing={"failed": now},
+    )
 
 
-def _lease_alive(record: Mapping[str, Any], now: float) -> bool:
-    lease = record.get("lease")
-    return bool(lease) and float(lease.get("expires_at", 0)) > now
-
-
-def _why_not_fail(record: Mapping[str, Any], about: WorkToken | Upload, now: float) -> Outcome | None:
-    """Why this job must not be failed now (an Outcome, or RetryLater), or None to fail it."""
-    job_id = record["job_id"]
-    if record["status"] in FINAL_STATUSES:
-        return None  # handled by the caller: report the final result if it never went out
-    if isinstance(about, WorkToken) and about.seq < int(record.get("seq", 0)):
-        return Outcome("stale", job_id, f"token seq {about.seq} is behind the job's seq {record.get('seq')}")
-    if isinstance(about, Upload) and (
-        "accepted" in record.get("announced", [])
-        or int(record.get("seq", 0)) > 0
-        or record["status"] == "running"
-    ):
-        return Outcome("job_started", job_id, "intake had completed; the job's work tokens carry it on")
-    if _lease_alive(record, now):
-        lease = record["lease"]
-        raise RetryLater(f"job {job_id} is leased by {lease.get('owner')} until {lease.get('expires_at')}")
+def healthy(record: JobRecord) -> str | None:
+    """Why intake had finished with this job, which must therefore be left alone; None if it had not."""
+    if record.status == "running":
+        return "the job is running"
+    if record.seq > 0:
+        return f"the job has moved on to work token {record.seq}"
+    if "accepted" in record.announced:
+        return "intake had queued the job; the work queue carries it on"
     return None
 
 
 def process(letter: DeadLetter, deps: Deps) -> Outcome:
     """Handles one dead-lettered message; safe to run any number of times for the same message."""
-    about = read_letter(letter, deps.inbox_prefix)
+    about = read_letter(letter, inbox_prefix=deps.inbox_prefix, own_buckets=deps.own_buckets)
     if isinstance(about, str):
         return Outcome("ignored", None, about)
     job_id = about.job_id
-    stage = "intake" if isinstance(about, Upload) else "train"
-    for _ in range(CAS_ATTEMPTS):
-        loaded = deps.store.read(job_id)
-        stamp = now_iso(deps.clock)
-        if loaded is None:
-            if isinstance(about, WorkToken):
-                return Outcome("unknown_job", job_id, "the job has no record (deleted or never made)")
-            record = new_failed_record(about, dead_letter_error(letter, about, "intake"), stamp)
-            generation = 0
-            failed_by_us = True
-        else:
-            record, generation = loaded
-            held = _why_not_fail(record, about, deps.clock())
-            if held is not None:
-                return held
-            failed_by_us = record["status"] not in FINAL_STATUSES
-            if failed_by_us:
-                record.update(
-                    status="failed",
-                    error=dead_letter_error(letter, about, str(record.get("stage") or stage)),
-                    lease=None,
-                    updated_at=stamp,
-                )
-        if failed_by_us:
-            try:
-                deps.store.write(job_id, record, if_generation_match=generation)
-            except Conflict:
-                continue
-        return _report_final(record, deps, dead_letter_details(letter) if failed_by_us else None)
-    raise Conflict(f"job {job_id}: {CAS_ATTEMPTS} concurrent updates in a row")
+    error = dead_letter_error(letter)
+    record = deps.records.get(job_id)
+    if record is None:
+        record, created = deps.records.create(failed_record(about, error, deps.clock()))
+        if created:
+            return _report_failure(record, letter, deps)
+    if record.is_final:
+        return _report_final(record, deps)
 
+    verdict: list[str] = [""]
 
-def _report_final(record: dict[str, Any], deps: Deps, details: dict[str, Any] | None) -> Outcome:
-    """Publishes the job's final result unless the record says it went out, with the service's claim
-    protocol (consumer/jobs/results.py): claim on the record, publish, record that it went out. A crash in
-    between republishes it, with the same ce-id; a fresh claim of the service's is left to it."""
-    job_id = record["job_id"]
-    kind: ResultKind = "succeeded" if record["status"] == "succeeded" else "failed"
-    claimed = _claim(job_id, kind, deps)
-    if claimed != "mine":
-        if claimed == "done":
-            return Outcome("already_reported", job_id, f"its {kind} result went out before")
-        return Outcome("claimed_elsewhere", job_id, f"the service is publishing its {kind} result now")
-    loaded = deps.store.read(job_id)
-    current = loaded[0] if loaded else record
-    data, attributes = result_message(
-        kind,
-        current,
-        project=deps.project,
-        extra={"dead_letter": details} if details else None,
-        clock=deps.clock,
-    )
-    deps.results.publish(data, attributes)
-    _update(job_id, deps, lambda r: _mark_announced(r, kind, deps))
-    return Outcome("reported", job_id, f"published {kind}")
-
-
-def _claim(job_id: str, kind: ResultKind, deps: Deps) -> str:
-    verdict = ["busy"]
-
-    def take(r: dict[str, Any]) -> bool:
-        if kind in r.get("announced", []):
-            verdict[0] = "done"
+    def fail(r: JobRecord) -> bool:
+        verdict[0] = ""
+        if r.is_final:
+            verdict[0] = "final"
             return False
-        claimed_at = r.get("announcing", {}).get(kind)
+        why = healthy(r)
+        if why is not None:
+            verdict[0] = why
+            return False
+        claimed_at = r.announcing.get("accepted")
         if claimed_at is not None and deps.clock() - claimed_at < CLAIM_SECONDS:
             verdict[0] = "busy"
             return False
-        r["announcing"] = {**r.get("announcing", {}), kind: deps.clock()}
-        verdict[0] = "mine"
+        r.status, r.error, r.lease = "failed", error, None
+        r.announcing["failed"] = deps.clock()  # the claim to publish, written with the change
         return True
 
-    _update(job_id, deps, take)
-    return verdict[0]
+    record = deps.records.update(job_id, fail)
+    if verdict[0] == "final":
+        return _report_final(record, deps)
+    if verdict[0] == "busy":
+        raise RetryLater(f"job {job_id}: intake is announcing it right now")
+    if verdict[0]:
+        return Outcome("job_healthy", job_id, verdict[0])
+    return _report_failure(record, letter, deps)
 
 
-def _mark_announced(r: dict[str, Any], kind: ResultKind, deps: Deps) -> bool:
-    r["announcing"] = {k: v for k, v in r.get("announcing", {}).items() if k != kind}
-    if kind not in r.get("announced", []):
-        r["announced"] = [*r.get("announced", []), kind]
-    r["updated_at"] = now_iso(deps.clock)
-    return True
+def _report_failure(record: JobRecord, letter: DeadLetter, deps: Deps) -> Outcome:
+    """Publishes the `failed` result of a job this function failed (its claim is on the record)."""
+    results = ResultsWithExtra(deps.results, {"dead_letter": letter.details})
+    publish_once(results, deps.records, record, "failed", claimed=True)
+    return Outcome("reported", record.job_id, "marked failed and published failed")
 
 
-def _update(job_id: str, deps: Deps, change: Callable[[dict[str, Any]], bool]) -> None:
-    """Compare-and-swap loop on the job record; `change` edits it in place and says whether to write."""
-    for _ in range(CAS_ATTEMPTS):
-        loaded = deps.store.read(job_id)
-        if loaded is None:
-            return
-        current, generation = loaded
-        if not change(current):
-            return
-        try:
-            deps.store.write(job_id, current, if_generation_match=generation)
-            return
-        except Conflict:
-            continue
-    raise Conflict(f"job {job_id}: {CAS_ATTEMPTS} concurrent updates in a row")
+def _report_final(record: JobRecord, deps: Deps) -> Outcome:
+    """Publishes a finished job's final result, as the service would, unless it went out already."""
+    kind: ResultKind = final_kind(record)
+    if kind in record.announced:
+        return Outcome("already_reported", record.job_id, f"its {kind} result went out before")
+    if publish_once(deps.results, deps.records, record, kind) is None:
+        # A live publisher claimed it moments ago, or one died holding the claim: once the claim has
+        # expired, the redelivery finds the result sent, or takes the claim over and sends it.
+        raise RetryLater(f"job {record.job_id}: its {kind} result is claimed by another publisher")
+    return Outcome("reported", record.job_id, f"published {kind}")
+
+
+class ResultsWithExtra(Results):
+    """Results whose data also carries `extra` (here: the dead letter's details)."""
+
+    def __init__(self, results: Results, extra: Mapping[str, Any]) -> None:
+        super().__init__(results.publisher, results.topic, project=results.project)
+        self.extra = dict(extra)
+
+    def publish(
+        self,
+        kind: ResultKind,
+        record: JobRecord,
+        *,
+        extra: Mapping[str, Any] | None = None,
+        extra_id: str = "",
+    ) -> str:
+        return super().publish(kind, record, extra={**self.extra, **(extra or {})}, extra_id=extra_id)
 
 
 # --- Google Cloud adapters ------------------------------------------------------------------------------
+@dataclass
 class GcsRecordStore:
-    """`<STATE_BUCKET>/jobs/<job_id>/job.json` with generation preconditions."""
+    """The part of consumer's ObjectStore that JobRecords uses, on Cloud Storage: `gs://bucket/name`
+    objects read with their generation and written with `ifGenerationMatch`."""
 
-    def __init__(self, state_url: str, client: Any) -> None:
-        bucket, _, prefix = state_url.removeprefix("gs://").partition("/")
-        self.bucket = client.bucket(bucket)
-        self.prefix = f"{prefix.strip('/')}/" if prefix.strip("/") else ""
+    client: Any
+    _buckets: dict[str, Any] = field(default_factory=dict)
 
-    def _name(self, job_id: str) -> str:
-        return f"{self.prefix}jobs/{job_id}/job.json"
+    def _blob_parts(self, uri: str) -> tuple[Any, str]:
+        bucket, _, name = uri.removeprefix("gs://").partition("/")
+        if not uri.startswith("gs://") or not name:
+            raise ValueError(f"not a gs:// object URI: {uri}")
+        if bucket not in self._buckets:
+            self._buckets[bucket] = self.client.bucket(bucket)
+        return self._buckets[bucket], name
 
-    def read(self, job_id: str) -> tuple[dict[str, Any], int] | None:
-        from google.api_core.exceptions import NotFound, PreconditionFailed
+    def read_bytes(self, uri: str) -> tuple[bytes, int]:
+        from google.api_core import exceptions
 
-        for _ in range(CAS_ATTEMPTS):
-            blob = self.bucket.get_blob(self._name(job_id), timeout=CALL_TIMEOUT_S)
+        bucket, name = self._blob_parts(uri)
+        for _ in range(READ_ATTEMPTS):
+            blob = bucket.get_blob(name, timeout=CALL_TIMEOUT_S)
             if blob is None:
-                return None
+                raise NotFound(f"{uri} does not exist")
             try:
                 data = blob.download_as_bytes(if_generation_match=blob.generation, timeout=CALL_TIMEOUT_S)
-            except (NotFound, PreconditionFailed):
+            except (exceptions.NotFound, exceptions.PreconditionFailed):
                 continue  # replaced or deleted between the two calls
-            return json.loads(data), int(blob.generation)
-        raise Conflict(f"job {job_id}: the record kept changing while being read")
+            return data, int(blob.generation)
+        raise PreconditionFailed(f"{uri} kept changing while being read")
 
-    def write(self, job_id: str, record: dict[str, Any], *, if_generation_match: int) -> None:
-        from google.api_core.exceptions import PreconditionFailed
+    def write_bytes(
+        self,
+        uri: str,
+        data: bytes,
+        *,
+        if_generation_match: int | None = None,
+        content_type: str | None = None,
+        metadata: dict[str, str] | None = None,
+    ) -> int:
+        from google.api_core import exceptions
 
-        blob = self.bucket.blob(self._name(job_id))
+        bucket, name = self._blob_parts(uri)
+        blob = bucket.blob(name)
+        if metadata:
+            blob.metadata = metadata
         try:
             blob.upload_from_string(
-                encode_record(record),
-                content_type="application/json",
+                data,
+                content_type=content_type or "application/octet-stream",
                 if_generation_match=if_generation_match,
                 timeout=CALL_TIMEOUT_S,
             )
-        except PreconditionFailed as err:
-            raise Conflict(str(err)) from err
+        except exceptions.PreconditionFailed as err:
+            raise PreconditionFailed(f"{uri}: generation is not {if_generation_match}") from err
+        return int(blob.generation or 0)
 
 
-class PubSubResults:
-    """One synchronous, bounded publish per result (the GAPIC client: no background retry threads)."""
+class PubSubPublisher:
+    """consumer's Publisher, as one synchronous, bounded publish (the GAPIC client: no background
+    retry threads)."""
 
-    def __init__(self, project: str, topic: str, client: Any) -> None:
-        self.topic = topic if topic.startswith("projects/") else f"projects/{project}/topics/{topic}"
+    def __init__(self, project: str, client: Any) -> None:
+        self.project = project
         self.client = client
 
-    def publish(self, data: bytes, attributes: Mapping[str, str]) -> str:
+    def publish(self, topic: str, data: bytes, attributes: Mapping[str, str]) -> str:
         from google.pubsub_v1 import PubsubMessage
 
+        path = topic if topic.startswith("projects/") else f"projects/{self.project}/topics/{topic}"
         message = PubsubMessage(data=data, attributes=dict(attributes))
-        response = self.client.publish(topic=self.topic, messages=[message], timeout=CALL_TIMEOUT_S)
+        response = self.client.publish(topic=path, messages=[message], timeout=CALL_TIMEOUT_S)
         return str(response.message_ids[0])
 
 
@@ -549,11 +398,14 @@ def deps_from_env() -> Deps:
     if missing:
         raise RuntimeError(f"missing environment variables: {', '.join(missing)}")
     project = os.environ["GOOGLE_CLOUD_PROJECT"]
+    state_url = os.environ["STATE_BUCKET"]
     return Deps(
-        store=GcsRecordStore(os.environ["STATE_BUCKET"], storage_client(project)),
-        results=PubSubResults(project, os.environ["RESULTS_TOPIC"], publisher_client()),
-        project=project,
+        records=JobRecords(GcsRecordStore(storage_client(project)), state_url),  # type: ignore[arg-type]
+        results=Results(
+            PubSubPublisher(project, publisher_client()), os.environ["RESULTS_TOPIC"], project=project
+        ),
         inbox_prefix=os.environ.get("INBOX_PREFIX", "datasets/"),
+        own_buckets=tuple(url for url in (state_url, os.environ.get("MODELS_BUCKET", "")) if url),
     )
 
 
