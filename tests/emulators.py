@@ -31,6 +31,7 @@ import http.client
 import json
 import os
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -402,3 +403,22 @@ def gcloud_cli_env(pubsub_emulator: PubSubEmulator, fake_gcs: FakeGcs, tmp_path:
         "CLOUDSDK_CORE_DISABLE_USAGE_REPORTING": "true",
     }
     return env
+
+
+# --- the service with a stand-in trainer ----------------------------------------------------------------
+FAKE_SERVICE_COMMAND = (sys.executable, "-m", "tests.emulators", "serve")
+
+
+def serve_with_fake_trainer(argv: list[str]) -> int:
+    """`python -m consumer serve` (gunicorn, the real app and wiring) with the fake trainer."""
+    import consumer.work.slices as slices
+    from consumer.__main__ import main
+    from tests.factories_consumer import FakeTrainer
+
+    seconds = float(os.environ.get("FAKE_SECONDS_PER_EPOCH", "0.05"))
+    slices.default_trainer = lambda: FakeTrainer(epochs_per_call=1_000_000, seconds_per_epoch=seconds)
+    return main(argv)  # gunicorn forks its worker from this process: the stand-in goes with it
+
+
+if __name__ == "__main__":
+    sys.exit(serve_with_fake_trainer(sys.argv[1:]))
