@@ -1,5 +1,6 @@
-"""`python -m consumer dev`: the local stack, driven the way a user drives it, with the real gcloud CLI;
-and the emulator processes, which must never outlive whatever started them."""
+"""`python -m consumer dev`: the local stack, driven the way a user drives it, with the real gcloud CLI,
+in both topologies (one process of role `all`; `--split`: `api` and `worker` processes); its work
+queue's dispatcher; and the emulator processes, which must never outlive whatever started them."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from urllib.request import urlopen
 
 import pytest
 
-from consumer.local.devstack import DevStack, DevStackConfig
+from consumer.local.devstack import DevStack, DevStackConfig, parse_env_text
 from rvc_core.testing import simple_dataset_zip
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -34,7 +35,7 @@ pytestmark = pytest.mark.emulator
 class RunningDevStack:
     process: subprocess.Popen[bytes]
     env_file: Path
-    env: dict[str, str]  # the KEY=VALUE lines it wrote
+    env: dict[str, str]  # the variables its env file exports
     stderr: Path
 
     def gcloud(self, *args: str, config_dir: Path) -> str:
@@ -54,15 +55,15 @@ class RunningDevStack:
 
 
 def read_env_file(path: Path) -> dict[str, str]:
-    return dict(line.split("=", 1) for line in path.read_text().splitlines() if line)
+    return parse_env_text(path.read_text())
 
 
-def start_dev_stack(tmp_path: Path) -> RunningDevStack:
+def start_dev_stack(tmp_path: Path, *args: str) -> RunningDevStack:
     env_file = tmp_path / "dev.env"
     stderr = tmp_path / "dev.stderr"
     with open(tmp_path / "dev.stdout", "wb") as out, open(stderr, "wb") as err:
         process = subprocess.Popen(
-            [sys.executable, "-m", "consumer", "dev", "--env-file", str(env_file)],
+            [sys.executable, "-m", "consumer", "dev", "--env-file", str(env_file), *args],
             cwd=REPO_ROOT,
             env={**os.environ, "TMPDIR": str(tmp_path)},  # its logs and scratch stay in the test's folder
             stdout=out,
@@ -78,9 +79,12 @@ def start_dev_stack(tmp_path: Path) -> RunningDevStack:
     return RunningDevStack(process, env_file, read_env_file(env_file), stderr)
 
 
-@pytest.fixture(scope="module")
-def dev_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningDevStack]:
-    stack = start_dev_stack(tmp_path_factory.mktemp("devstack"))
+@pytest.fixture(scope="module", params=["all", "split"])
+def dev_stack(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningDevStack]:
+    args = ["--split"] if request.param == "split" else []
+    stack = start_dev_stack(tmp_path_factory.mktemp(f"devstack-{request.param}"), *args)
     try:
         yield stack
     finally:
@@ -129,14 +133,55 @@ def test_env_file_names_everything_a_user_needs_on_loopback(dev_stack: RunningDe
         "PUBSUB_EMULATOR_HOST", "STORAGE_EMULATOR_HOST", "CLOUDSDK_API_ENDPOINT_OVERRIDES_STORAGE",
         "CLOUDSDK_API_ENDPOINT_OVERRIDES_PUBSUB", "CLOUDSDK_AUTH_DISABLE_CREDENTIALS",
         "CLOUDSDK_CORE_PROJECT", "INBOX_URL", "RESULTS_SUBSCRIPTION", "SERVICE_URL", "MODELS_URL",
+        "TASK_QUEUE", "WORKER_URL", "WORK_URL",
     }  # fmt: skip
     assert required <= env.keys()
+    assert "WORK_TOPIC" not in env  # work waits in the task queue, not on Pub/Sub
     assert env["CLOUDSDK_AUTH_DISABLE_CREDENTIALS"] == "true"
     assert env["INBOX_URL"] == "gs://inbox/datasets/"
-    for key in ("PUBSUB_EMULATOR_HOST", "STORAGE_EMULATOR_HOST", "SERVICE_URL"):
+    assert (
+        env["TASK_QUEUE"].startswith("file:///") and Path(env["TASK_QUEUE"].removeprefix("file://")).is_dir()
+    )
+    for key in ("PUBSUB_EMULATOR_HOST", "STORAGE_EMULATOR_HOST", "SERVICE_URL", "WORKER_URL"):
         assert "127.0.0.1:" in env[key] and port_is_open(env[key])
-    with urlopen(f"{env['SERVICE_URL']}/healthz", timeout=5) as response:
-        assert response.status == 200
+    for key in ("SERVICE_URL", "WORKER_URL"):
+        with urlopen(f"{env[key]}/healthz", timeout=5) as response:
+            assert response.status == 200
+    assert env["WORK_URL"] == f"{env['WORKER_URL']}/work"
+    split = env["DEVSTACK_TOPOLOGY"] == "split"
+    assert (env["SERVICE_URL"] != env["WORKER_URL"]) is split
+    # role api has no /work and role worker no /events: each process serves its own endpoints
+    assert post(env["SERVICE_URL"], "/work", b"{}") == (404 if split else 200)
+    assert post(env["WORKER_URL"], "/events", b"{}") == (404 if split else 200)
+
+
+def test_env_file_can_be_sourced_by_a_shell(dev_stack: RunningDevStack) -> None:
+    names = sorted(dev_stack.env)
+    script = (
+        f'set -eu; . "$1"; for n in {" ".join(names)}; do printf "%s=%s\\0" "$n" "$(printenv "$n")"; done'
+    )
+    done = subprocess.run(
+        ["bash", "-c", script, "bash", str(dev_stack.env_file)], env={"PATH": os.environ["PATH"]},
+        capture_output=True, timeout=30, check=True,
+    )  # fmt: skip
+    exported = dict(item.split("=", 1) for item in done.stdout.decode().split("\0") if item)
+    assert exported == dev_stack.env
+    lines = dev_stack.env_file.read_text().splitlines()
+    assert all(line.startswith("export ") for line in lines) and len(lines) == len(names)
+
+
+def test_env_text_quotes_values_for_the_shell(tmp_path: Path) -> None:
+    from consumer.local.devstack import env_text
+
+    tricky = {"A": "two words", "B": 'it\'s $HOME `x` \\ "q"', "C": "", "D": "a=b;c"}
+    path = tmp_path / "tricky.env"
+    path.write_text(env_text(tricky))
+    done = subprocess.run(
+        ["bash", "-c", '. "$1"; printf "%s\\0" "$A" "$B" "$C" "$D"', "bash", str(path)],
+        capture_output=True, timeout=30, check=True,
+    )  # fmt: skip
+    assert done.stdout.decode().split("\0")[:4] == list(tricky.values())
+    assert parse_env_text(env_text(tricky)) == tricky
 
 
 def test_gcloud_upload_to_the_inbox_becomes_a_job_at_the_service(
@@ -177,7 +222,7 @@ def test_events_are_answered_while_a_slice_runs(dev_stack: RunningDevStack, tmp_
     status = post(service, "/events", b"{not a delivery")
     answered_in = time.monotonic() - started
 
-    assert status == 200 and answered_in < 2.0
+    assert status == 200 and answered_in < 1.0
     assert get_json(f"{service}/jobs/{job_id}")["lease"] == lease, "the slice ended before /events answered"
 
 
@@ -207,9 +252,11 @@ def wait_for(value: Callable[[], object], *, timeout: float, every: float = 0.1)
 
 
 def test_interrupt_stops_everything_it_started(tmp_path: Path) -> None:
-    stack = start_dev_stack(tmp_path)
+    stack = start_dev_stack(tmp_path, "--split")  # two service processes besides the emulators
     try:
-        endpoints = [stack.env[k] for k in ("PUBSUB_EMULATOR_HOST", "STORAGE_EMULATOR_HOST", "SERVICE_URL")]
+        names = ("PUBSUB_EMULATOR_HOST", "STORAGE_EMULATOR_HOST", "SERVICE_URL", "WORKER_URL")
+        endpoints = [stack.env[k] for k in names]
+        assert len(set(endpoints)) == 4
         assert all(port_is_open(e) for e in endpoints)
         assert stack.interrupt() == 0
     finally:
@@ -219,13 +266,17 @@ def test_interrupt_stops_everything_it_started(tmp_path: Path) -> None:
     assert not stack.env_file.exists()  # no stale file pointing at servers that are gone
 
 
-# --- redelivery on the emulator ------------------------------------------------------------------------
+# --- the work queue's dispatcher ---------------------------------------------------------------------
 class FlakyEndpoint:
-    """A push endpoint answering 503 to the first `failures` deliveries of each message, then 204."""
+    """A worker answering 503 to the first `failures` deliveries of each task, then 204; it records
+    how many deliveries it held at once."""
 
-    def __init__(self, failures: int) -> None:
+    def __init__(self, failures: int, hold: float = 0.05) -> None:
         self.deliveries: Counter[str] = Counter()
         self.acked: set[str] = set()
+        self.bodies: dict[str, bytes] = {}
+        self.in_flight = 0
+        self.max_in_flight = 0
         lock = threading.Lock()
         endpoint = self
 
@@ -236,13 +287,19 @@ class FlakyEndpoint:
                 pass
 
             def do_POST(self) -> None:
-                envelope = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
-                message_id = envelope["message"]["messageId"]
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                name = self.headers["X-CloudTasks-TaskName"]
                 with lock:
-                    endpoint.deliveries[message_id] += 1
-                    ok = endpoint.deliveries[message_id] > failures
+                    endpoint.in_flight += 1
+                    endpoint.max_in_flight = max(endpoint.max_in_flight, endpoint.in_flight)
+                time.sleep(hold)
+                with lock:
+                    endpoint.in_flight -= 1
+                    endpoint.deliveries[name] += 1
+                    endpoint.bodies[name] = body
+                    ok = endpoint.deliveries[name] > failures
                     if ok:
-                        endpoint.acked.add(message_id)
+                        endpoint.acked.add(name)
                 self.send_response(204 if ok else 503)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
@@ -260,30 +317,33 @@ class FlakyEndpoint:
         self._server.server_close()
 
 
-def test_several_failed_work_pushes_are_all_redelivered(tmp_path: Path) -> None:
-    from google.pubsub_v1 import PubsubMessage
-
-    from consumer.adapters.messaging import topic_path
-    from consumer.adapters.messaging.admin import publisher_admin
+def test_failed_work_deliveries_are_all_retried_within_the_slots(tmp_path: Path) -> None:
+    from consumer.work.tokens import WorkQueue, WorkToken
 
     endpoint = FlakyEndpoint(failures=3)
-    stack = DevStack(DevStackConfig(service=False, external_service_url=endpoint.url), log_dir=tmp_path)
+    config = DevStackConfig(
+        service=False, external_service_url=endpoint.url, worker_slots=2, min_backoff=0.05, max_backoff=0.2
+    )
+    stack = DevStack(config, log_dir=tmp_path)
     try:
         env = stack.start()
-        client = publisher_admin(env["PUBSUB_EMULATOR_HOST"])
-        try:
-            topic = topic_path(stack.config.project, stack.config.work_topic)
-            messages = [PubsubMessage(data=f"token {i}".encode()) for i in range(5)]
-            ids = client.publish(topic=topic, messages=messages, timeout=10).message_ids
-        finally:
-            client.transport.close()
+        assert env["WORK_URL"] == f"{endpoint.url}/work"
+        assert stack.tasks is not None
+        work = WorkQueue(stack.tasks)
+        tokens = [WorkToken(f"{i:016x}", 0) for i in range(5)]
+        assert all(work.enqueue(t) for t in tokens)
+        assert not any(work.enqueue(t) for t in tokens)  # a name is queued once
         deadline = time.monotonic() + 30
-        while endpoint.acked != set(ids) and time.monotonic() < deadline:
-            time.sleep(0.2)
+        while endpoint.acked != {t.task_name for t in tokens} and time.monotonic() < deadline:
+            time.sleep(0.1)
     finally:
         stack.stop()
         endpoint.close()
-    assert endpoint.acked == set(ids), f"deliveries per message: {dict(endpoint.deliveries)}"
+    assert endpoint.acked == {t.task_name for t in tokens}, (
+        f"deliveries per task: {dict(endpoint.deliveries)}"
+    )
+    assert {n: WorkToken.decode(b) for n, b in endpoint.bodies.items()} == {t.task_name: t for t in tokens}
+    assert endpoint.max_in_flight == 2  # WORKER_SLOTS deliveries at once, never more
 
 
 # --- nothing outlives its starter ------------------------------------------------------------------------
