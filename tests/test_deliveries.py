@@ -130,7 +130,12 @@ SCREENED = {
 
 
 def settings(**overrides: Any) -> Settings:
-    values: dict[str, Any] = {"state_bucket": "gs://rvc-state", "models_bucket": "gs://rvc-models"}
+    values: dict[str, Any] = {
+        "state_bucket": "gs://rvc-state",
+        "models_bucket": "gs://rvc-models",
+        "task_queue": "projects/p/locations/us-central1/queues/rvc-work",
+        "work_url": "https://rvc-trainer-1.us-central1.run.app/work",
+    }
     return Settings(**{**values, **overrides})
 
 
