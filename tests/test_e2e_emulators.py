@@ -3,7 +3,9 @@
 The service runs as on Cloud Run (`python -m consumer serve`: gunicorn, one worker) with the real
 rvc_core pipeline (tiny preset, random-initialised networks, CPU). fake-gcs-server publishes real
 OBJECT_FINALIZE notifications for every bucket to the emulator; a push subscription carries them to
-`/events`, another carries work tokens to `/work`, and results are pulled. Uploads use the real
+`/events`; work tasks wait in the folder-backed task queue, whose dispatcher (in this process, as
+the dev stack runs it) delivers them to `/work` over HTTP; results are pulled. Tests about topology
+run both: role `all` in one process, and `api` + `worker` as separate processes. Uploads use the real
 `gcloud storage cp` where a user would. Every server and process is stopped at teardown.
 
 The serving-edge tests at the end (configuration errors, JSON logs) need no emulator.
@@ -37,6 +39,7 @@ from consumer.adapters.messaging.admin import (
     pull,
     subscriber_admin,
 )
+from consumer.adapters.tasks.local import LocalDispatcher, LocalTaskQueue, http_deliverer
 from consumer.jobs.results import ReceivedResult, read_result
 from consumer.local.devstack import create_buckets
 from consumer.local.processes import ManagedProcess, free_port, spawn, wait_until_ready
@@ -60,6 +63,7 @@ class Service:
     name: str
     env: dict[str, str]
     log_path: Path
+    role: str = "all"
     port: int = field(default_factory=free_port)
     process: ManagedProcess | None = None
 
@@ -70,7 +74,7 @@ class Service:
     def start(self, timeout: float = 120.0) -> Service:
         env = {**os.environ, **self.env, "HOST": "127.0.0.1", "PORT": str(self.port), "PYTHONPATH": str(REPO)}
         self.process = spawn(
-            self.name, [sys.executable, "-m", "consumer", "serve", "--threads", "4"],
+            self.name, [sys.executable, "-m", "consumer", "serve", "--threads", "4", "--role", self.role],
             env=env, log_path=self.log_path, cwd=REPO,
         )  # fmt: skip
         wait_until_ready(f"{self.url}/healthz", self.process, timeout=timeout)
@@ -166,49 +170,68 @@ class World:
     inbox: str = field(default_factory=lambda: unique_name("inbox"))
     state: str = field(default_factory=lambda: unique_name("state"))
     models: str = field(default_factory=lambda: unique_name("models"))
-    work_topic: str = field(default_factory=lambda: unique_name("work"))
     results_topic: str = field(default_factory=lambda: unique_name("results"))
     services: list[Service] = field(default_factory=list)
     subscriptions: list[str] = field(default_factory=list)
     results: list[ReceivedResult] = field(default_factory=list)
+    apis: list[Service] = field(default_factory=list)  # split topology: the api process
     balancer: RoundRobin | None = None
+    dispatcher: LocalDispatcher | None = None
     _client: Any = None
+
+    @property
+    def tasks_dir(self) -> Path:
+        return self.tmp / "tasks"
 
     # setup ------------------------------------------------------------------------------------------
     def start(
         self,
         *,
         instances: int = 1,
-        ack_deadline: int = 60,
+        split: bool = False,
+        dispatch_deadline: int = 120,
         storage_url: str | None = None,
         pubsub_host: str | None = None,
         **env: str,
     ) -> World:
+        """`instances` processes of role `all`, or with `split` as many of role `worker` plus one of
+        role `api`; a dispatcher delivering the queue's tasks to them, `instances` at once."""
         create_buckets(self.gcs.url, self.emulator.project, [self.inbox, self.state, self.models])
-        for topic in (self.work_topic, self.results_topic):
-            ensure_topic(self.emulator.project, topic, emulator_host=self.emulator.host)
+        ensure_topic(self.emulator.project, self.results_topic, emulator_host=self.emulator.host)
         service_env = {
             "GOOGLE_CLOUD_PROJECT": self.emulator.project,
             "PUBSUB_EMULATOR_HOST": pubsub_host or self.emulator.host,
             "STORAGE_EMULATOR_HOST": storage_url or self.gcs.url,
             "STATE_BUCKET": f"gs://{self.state}", "MODELS_BUCKET": f"gs://{self.models}",
-            "WORK_TOPIC": self.work_topic, "RESULTS_TOPIC": self.results_topic,
+            "RESULTS_TOPIC": self.results_topic, "TASK_QUEUE": f"file://{self.tasks_dir}",
+            "WORKER_SLOTS": str(instances), "DISPATCH_DEADLINE_SECONDS": str(dispatch_deadline),
             "TRAIN_PRESET": "tiny", "RVC_ASSETS": "none", "RVC_PRETRAINED": "none", "DEVICE": "cpu",
             "SLICE_SECONDS": "60", "LEASE_SECONDS": "6", "PROGRESS_EVERY_EPOCHS": "1",
             **env,
         }  # fmt: skip
+        role = "worker" if split else "all"
         for i in range(instances):
             service_env_i = {**service_env, "WORK_ROOT": str(self.tmp / f"scratch-{i}")}
             self.services.append(
-                Service(f"service-{i}", service_env_i, self.tmp / f"service-{i}.log").start()
+                Service(f"{role}-{i}", service_env_i, self.tmp / f"{role}-{i}.log", role=role).start()
             )
+        if split:
+            api_env = {**service_env, "WORK_ROOT": str(self.tmp / "scratch-api")}
+            self.apis.append(Service("api", api_env, self.tmp / "api.log", role="api").start())
         if instances > 1:
             self.balancer = RoundRobin([s.url for s in self.services])
-        endpoint = self.balancer.url if self.balancer else self.services[0].url
-        self._subscribe(endpoint, ack_deadline)
+        workers = self.balancer.url if self.balancer else self.services[0].url
+        self._subscribe(self.apis[0].url if split else workers)
+        self.dispatcher = LocalDispatcher(
+            LocalTaskQueue(self.tasks_dir),
+            http_deliverer(f"{workers}/work", timeout=dispatch_deadline),
+            max_concurrent=instances,
+            min_backoff=0.1,
+            max_backoff=1.0,
+        ).start()
         return self
 
-    def _subscribe(self, endpoint: str, ack_deadline: int) -> None:
+    def _subscribe(self, endpoint: str) -> None:
         # No retry policy: the emulator (0.8.20) stops redelivering when several messages of one
         # subscription are in retry-policy backoff at once; without one it redelivers about every second.
         specs = [
@@ -217,10 +240,6 @@ class World:
                 unique_name("intake-push"), NOTIFICATION_TOPIC, push_endpoint=f"{endpoint}/events",
                 ack_deadline_seconds=10,
             ),
-            SubscriptionSpec(
-                unique_name("work-push"), self.work_topic, push_endpoint=f"{endpoint}/work",
-                ack_deadline_seconds=ack_deadline,
-            ),
         ]  # fmt: skip
         for spec in specs:
             self.subscriptions.append(
@@ -228,7 +247,9 @@ class World:
             )
 
     def close(self) -> None:
-        for service in self.services:
+        if self.dispatcher is not None:
+            self.dispatcher.stop(wait=False)  # a delivery in flight ends when its service stops
+        for service in [*self.services, *self.apis]:
             service.stop()
         if self.balancer:
             self.balancer.close()
@@ -275,7 +296,9 @@ class World:
             if done(self.results):
                 return self.results
             if time.monotonic() > deadline:
-                tails = "\n".join(f"--- {s.name}\n{s.log_path.read_text()[-3000:]}" for s in self.services)
+                tails = "\n".join(
+                    f"--- {s.name}\n{s.log_path.read_text()[-3000:]}" for s in [*self.services, *self.apis]
+                )
                 kinds = [(r.kind, r.data.get("job_id")) for r in self.results]
                 pytest.fail(f"results so far {kinds}; service logs:\n{tails}")
             time.sleep(0.5)
@@ -322,11 +345,15 @@ def assert_no_overlap(intervals: list[tuple[float, float]]) -> None:
 
 
 # --- behaviours ------------------------------------------------------------------------------------
+TOPOLOGIES = pytest.mark.parametrize("split", [False, True], ids=["all", "api+worker"])
+
+
 @pytest.mark.emulator
+@TOPOLOGIES
 def test_1_upload_with_metadata_ends_in_one_succeeded_with_a_loadable_model(
-    world: World, voice_zip: Path
+    world: World, voice_zip: Path, split: bool
 ) -> None:
-    world.start()
+    world.start(split=split)
     world.gcloud_cp(voice_zip, "datasets/alice.zip", {"model-name": "alice", "epochs": "2"})
     generation = int(world.storage.bucket(world.inbox).get_blob("datasets/alice.zip").generation)
     world.collect(finals_for(1), timeout=300)
@@ -355,7 +382,7 @@ def test_1_upload_with_metadata_ends_in_one_succeeded_with_a_loadable_model(
 
 @pytest.mark.emulator
 def test_2_many_short_slices_complete_without_overlap(world: World, voice_zip: Path) -> None:
-    world.start(ack_deadline=10, SLICE_SECONDS="3")
+    world.start(dispatch_deadline=15, SLICE_SECONDS="3")
     generation = world.upload(voice_zip, "datasets/bob.zip", {"model-name": "bob", "epochs": "6"})
     world.collect(finals_for(1), timeout=600)
     finals = world.finals()
@@ -367,8 +394,11 @@ def test_2_many_short_slices_complete_without_overlap(world: World, voice_zip: P
 
 @pytest.mark.emulator
 @pytest.mark.slow
-def test_3_sigkill_mid_slice_then_restart_resumes_from_the_checkpoint(world: World, voice_zip: Path) -> None:
-    world.start(SLICE_SECONDS="4")
+@TOPOLOGIES
+def test_3_sigkill_mid_slice_then_restart_resumes_from_the_checkpoint(
+    world: World, voice_zip: Path, split: bool
+) -> None:
+    world.start(split=split, SLICE_SECONDS="4")
     world.upload(voice_zip, "datasets/carol.zip", {"model-name": "carol", "epochs": "8"})
     accepted = world.collect(lambda rs: any(r.kind == "accepted" for r in rs), timeout=60)
     job_id = next(r.data["job_id"] for r in accepted if r.kind == "accepted")
@@ -376,7 +406,7 @@ def test_3_sigkill_mid_slice_then_restart_resumes_from_the_checkpoint(world: Wor
     while not (slice_log(world, job_id) and slice_log(world, job_id)[-1]["epoch_to"] > 0):
         assert time.monotonic() < deadline, "no checkpointed epoch in time"
         time.sleep(0.5)
-    service = world.services[0]
+    service = world.services[0]  # role all, or the worker
     while (lease := world.record(job_id)["lease"]) is None:  # wait for the next slice to start, then kill it
         assert time.monotonic() < deadline, "no second slice in time"
         time.sleep(0.1)
@@ -478,7 +508,7 @@ def test_6_transient_faults_are_retried_and_a_persistent_one_fails_retryable(
     )
     gcs_fault_proxy.fail_next(3, path_contains=f"/b/{world.state}/")
     world.upload(voice_zip, "datasets/erin.zip", {"model-name": "erin", "epochs": "2"})
-    pubsub_fault_proxy.cut_for(3.0)  # intake's first publish (work token #0) meets a dead line
+    pubsub_fault_proxy.cut_for(3.0)  # intake's first publish (`accepted`) meets a dead line
     world.collect(finals_for(1), timeout=300)
     assert [f.kind for f in world.finals()] == ["succeeded"]
     assert gcs_fault_proxy.injected() == 3
