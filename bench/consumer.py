@@ -240,7 +240,9 @@ class FixedTrainer:
             _write_bytes(workdir / "train" / "D.pth", self.checkpoint_bytes - self.checkpoint_bytes // 3)
         write_json(checkpoint, {"epoch": epoch})
         with self._lock:
-            self.calls.append({"job": workdir.parent.name, "epoch": epoch, "start": began, "end": time.time()})
+            self.calls.append(
+                {"job": workdir.parent.name, "epoch": epoch, "start": began, "end": time.time()}
+            )
         numbers = {"epoch": epoch, "epochs": spec.epochs, "step": epoch, "losses": {"mel": 1.0 / epoch}}
         if epoch < spec.epochs:
             return JobProgress(status="paused", stage="train", **numbers)
@@ -249,7 +251,9 @@ class FixedTrainer:
         files = {"pth": outdir / f"{spec.model_name}.pth", "index": outdir / f"{spec.model_name}.index"}
         for path in files.values():
             path.write_bytes(b"model")
-        return JobProgress(status="finished", stage="done", artifacts=files, metrics={"epochs": epoch}, **numbers)
+        return JobProgress(
+            status="finished", stage="done", artifacts=files, metrics={"epochs": epoch}, **numbers
+        )
 
     def _train(self, should_stop: Callable[[], bool] | None) -> None:
         end = time.perf_counter() + self.seconds
@@ -555,7 +559,11 @@ def measure_switch(root: Path, *, mib: int, seconds: float) -> tuple[list[Switch
 
     pool = WorkerPool(stack, 2, trainer, route=route)
     use_dispatcher(stack, pool.deliver, 1)
-    stack.upload(tiny_zip(root / "voice.zip"), "datasets/switch.zip", {"model-name": "switch", "epochs": str(len(SWITCH_PLAN))})
+    stack.upload(
+        tiny_zip(root / "voice.zip"),
+        "datasets/switch.zip",
+        {"model-name": "switch", "epochs": str(len(SWITCH_PLAN))},
+    )
     stack.run(timeout=3600)
     rows, previous = [], None
     for d in pool.deliveries:
@@ -587,7 +595,12 @@ def intake_table(results: Mapping[str, IntakeResult]) -> str:
     for name, r in results.items():
         outcomes = ", ".join(f"{k}: {v}" for k, v in sorted(r.outcomes.items()))
         rows.append(
-            [name, str(r.deliveries), *(f"{v:.1f}" for v in (r.p50_ms, r.p90_ms, r.p99_ms, r.max_ms, r.mean_ms)), outcomes]
+            [
+                name,
+                str(r.deliveries),
+                *(f"{v:.1f}" for v in (r.p50_ms, r.p90_ms, r.p99_ms, r.max_ms, r.mean_ms)),
+                outcomes,
+            ]
         )
     return render(rows)
 
@@ -597,7 +610,9 @@ def slice_table(result: SliceResult) -> str:
 
     seen = {p for r in result.rows for p in r.parts}
     parts = [p for p in SLICE_PARTS if p in seen]
-    rows = [["seq", "outcome", "total", "run_job", "overhead", "%480s", *parts, "other", "edge", "files", "KiB"]]
+    rows = [
+        ["seq", "outcome", "total", "run_job", "overhead", "%480s", *parts, "other", "edge", "files", "KiB"]
+    ]
     for r in result.rows:
         other = r.overhead - sum(r.parts.values())
         rows.append(
@@ -605,7 +620,8 @@ def slice_table(result: SliceResult) -> str:
                 str(r.seq), r.outcome, f"{r.total:.3f}", f"{r.run_job:.3f}", f"{r.overhead:.3f}",
                 f"{r.overhead_share_of_production_slice:.3f}",
                 *(f"{r.parts[p]:.3f}" if p in r.parts else "-" for p in parts),
-                f"{other:.3f}", f"{r.http_seconds - r.total:.3f}", str(r.files_uploaded), f"{r.kib_uploaded:.0f}",
+                f"{other:.3f}", f"{r.http_seconds - r.total:.3f}", str(r.files_uploaded),
+                f"{r.kib_uploaded:.0f}",
             ]
         )  # fmt: skip
     return render(rows)
@@ -654,7 +670,12 @@ def switch_table(rows: list[SwitchRow]) -> str:
     table = [["seq", "instance", "kind", "restore", "dataset", "sync", "overhead", "total"]]
     for r in rows:
         table.append(
-            [str(r.seq), r.instance, r.kind, *(f"{v:.3f}" for v in (r.restore_s, r.dataset_s, r.sync_s, r.overhead_s, r.total_s))]
+            [
+                str(r.seq),
+                r.instance,
+                r.kind,
+                *(f"{v:.3f}" for v in (r.restore_s, r.dataset_s, r.sync_s, r.overhead_s, r.total_s)),
+            ]
         )
     return render(table)
 
@@ -716,8 +737,9 @@ def main(argv: list[str] | None = None) -> int:
             sliced = measure_slices(root / "slices", env, epochs=args.epochs, log=log)
             s = slice_summary(sliced)
             print(
-                f"\nslice overhead: seconds outside run_job per /work slice (SLICE_SECONDS={args.slice_seconds:g}, "
-                f"tiny preset, CPU; %480s = overhead as a share of a 480 s slice; goal < 5)\n{slice_table(sliced)}"
+                "\nslice overhead: seconds outside run_job per /work slice "
+                f"(SLICE_SECONDS={args.slice_seconds:g}, tiny preset, CPU; "
+                f"%480s = overhead as a share of a 480 s slice; goal < 5)\n{slice_table(sliced)}"
             )
             print(
                 f"steady slices {s['steady_slices']:.0f}, overhead mean {s['mean_overhead_s']:.3f} s "
@@ -737,7 +759,8 @@ def main(argv: list[str] | None = None) -> int:
                                       seconds=args.slice_time, runner=runner)
                     )  # fmt: skip
             print(
-                f"\nwork queue: {args.jobs} jobs uploaded at once, slices of {args.slice_time:g} s (fake trainer), "
+                f"\nwork queue: {args.jobs} jobs uploaded at once, "
+                f"slices of {args.slice_time:g} s (fake trainer), "
                 f"lengths {job_lengths(args.jobs)} slices; ratio = makespan / (sum S*T / K) (goal ~1); "
                 "disp/slice = deliveries / slices run (goal <= 1.05)"
             )

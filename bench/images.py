@@ -13,7 +13,8 @@ Import time: a fresh interpreter imports `consumer.app` and `consumer.services`,
 services for a role with file:// buckets and the local task queue (Pub/Sub messaging with an
 emulator address: the client is created, nothing is contacted) and creates the app. For role api
 it asserts that torch was not imported; role worker also imports what its first slice needs
-(rvc_core.job_stages, .train, .models, .index, .infer: torch, torchaudio, faiss). Median of `--runs` runs after one untimed warm-up.
+(rvc_core.job_stages, .train, .models, .index, .infer: torch, torchaudio, faiss). Median of
+`--runs` runs after one untimed warm-up.
 """
 
 from __future__ import annotations
@@ -100,7 +101,8 @@ built = time.perf_counter()
 if sys.argv[1] == "api":
     assert "torch" not in sys.modules, "role api imported torch"
 else:
-    import rvc_core.job_stages, rvc_core.train, rvc_core.models, rvc_core.index, rvc_core.infer  # a first slice's
+    # what a first slice imports
+    import rvc_core.job_stages, rvc_core.train, rvc_core.models, rvc_core.index, rvc_core.infer
 first_slice = time.perf_counter()
 print(json.dumps({"app_s": built - started, "first_slice_s": first_slice - started,
                   "torch": "torch" in sys.modules, "modules": len(sys.modules)}))
@@ -113,7 +115,11 @@ def import_time(python: str, role: str, runs: int) -> dict[str, float | int | bo
         for i in range(runs + 1):
             started = __import__("time").perf_counter()
             out = subprocess.run(
-                [python, "-c", IMPORT_SNIPPET, role, tmp], cwd=ROOT, capture_output=True, text=True, check=True
+                [python, "-c", IMPORT_SNIPPET, role, tmp],
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                check=True,
             )
             wall = __import__("time").perf_counter() - started
             if i:  # the first run warms the page cache
@@ -145,8 +151,11 @@ def main(argv: list[str] | None = None) -> int:
         sizes = {d: installed_bytes(d) for d in dists}
         biggest = sorted(sizes.items(), key=lambda kv: -kv[1])[:5]
         out[image] = {
-            "requirements": str(api_file.name if image == "api" and api_file.exists() else
-                                ("built-in list" if image == "api" else "requirements.txt")),
+            "requirements": str(
+                api_file.name
+                if image == "api" and api_file.exists()
+                else ("built-in list" if image == "api" else "requirements.txt")
+            ),
             "distributions": len(dists),
             "installed_mib": sum(sizes.values()) / 2**20,
             "biggest": {k: round(v / 2**20, 1) for k, v in biggest},
@@ -156,13 +165,27 @@ def main(argv: list[str] | None = None) -> int:
         out[image]["import"] = import_time(sys.executable, role, args.runs)
     print("images (estimate: installed size of the distributions each target installs, this venv; "
           "no base image; import = fresh interpreter, median)")  # fmt: skip
-    rows = [["image", "from", "dists", "MiB", "app s", "1st slice s", "process s", "torch", "modules", "biggest MiB"]]
+    rows = [
+        [
+            "image",
+            "from",
+            "dists",
+            "MiB",
+            "app s",
+            "1st slice s",
+            "process s",
+            "torch",
+            "modules",
+            "biggest MiB",
+        ]
+    ]
     for image, o in out.items():
         imp = o["import"]
         rows.append([
             image, o["requirements"], str(o["distributions"]), f"{o['installed_mib']:.0f}",
             f"{imp['app_s_p50']:.2f}", f"{imp['first_slice_s_p50']:.2f}", f"{imp['process_s_p50']:.2f}",
-            str(imp["torch"]), str(imp["modules"]), ", ".join(f"{k} {v:.0f}" for k, v in o["biggest"].items()),
+            str(imp["torch"]), str(imp["modules"]),
+            ", ".join(f"{k} {v:.0f}" for k, v in o["biggest"].items()),
         ])  # fmt: skip
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     print("\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows))
