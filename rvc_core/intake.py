@@ -17,7 +17,11 @@ How a bad upload is classified (each is a `BadDataset` with a stable code):
   backslash traversal) or is a symbolic link, whether or not it is audio.
 - `zip_bomb`: too many entries, or the audio entries are too large or too compressed, either as
   declared in the directory or as actually produced while extracting (a header that understates
-  the size is caught by counting the real bytes).
+  the size is caught by counting the real bytes). The compression ratio is judged on the bytes, not
+  on what they sound like: a WAV or AIFF entry whose own header declares exactly the entry's size
+  (silence, which deflates a thousandfold) is exempt from the ratio limit up to
+  `ZipLimits.ratio_exempt_max_bytes`; it is still bound by the absolute size limits, and a silent
+  dataset is then rejected later, by preparation, as `too_little_audio`.
 - `no_audio`: no entry looks like audio (decodability is checked later, by the decoder).
 """
 
@@ -31,6 +35,7 @@ import stat
 import struct
 import zipfile
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
@@ -114,6 +119,9 @@ class ZipLimits:
     max_entries: int = 10_000  # entries in the central directory, of any kind
     max_ratio: float = 200.0  # uncompressed/compressed, per entry and overall, above RATIO_CHECK_MIN_BYTES
     max_entry_bytes: int = 2 * _GIB  # bytes, one uncompressed entry
+    # bytes: up to this size, an entry that is a well-formed WAV/AIFF of exactly its declared size is
+    # exempt from max_ratio (silence compresses far beyond it); above it, the ratio applies to all
+    ratio_exempt_max_bytes: int = 512 * _MIB
 
 
 @dataclass(frozen=True)
@@ -197,7 +205,7 @@ def extract_dataset(zip_path: Path, dest: Path, limits: ZipLimits = ZipLimits())
     """
     zip_path, dest = Path(zip_path), Path(dest)
     with _open_zip(zip_path) as archive:
-        audio, ignored = _validate(archive.infolist(), limits)
+        audio, ignored = _validate(archive.infolist(), limits, lambda info: _is_whole_pcm(archive, info))
         speakers = _speaker_ids(audio)
         paths = _extract_all(archive, audio, dest, limits)
     files = tuple(
@@ -236,9 +244,14 @@ def _open_zip(zip_path: Path) -> zipfile.ZipFile:
 
 # --- validation (writes nothing) ------------------------------------------------------------------
 def _validate(
-    infos: list[zipfile.ZipInfo], limits: ZipLimits
+    infos: list[zipfile.ZipInfo],
+    limits: ZipLimits,
+    is_whole_pcm: Callable[[zipfile.ZipInfo], bool] = lambda _info: False,
 ) -> tuple[list[_AudioEntry], list[IgnoredEntry]]:
-    """Checks the whole directory; returns the audio entries (sorted by name) and the ignored ones."""
+    """Checks the whole directory; returns the audio entries (sorted by name) and the ignored ones.
+
+    `is_whole_pcm(info)` says whether an entry is a WAV/AIFF whose header declares exactly the
+    entry's size; such entries (up to `limits.ratio_exempt_max_bytes`) skip the ratio limit."""
     if len(infos) > limits.max_entries:
         raise ZipBomb(f"the zip has {len(infos)} entries; at most {limits.max_entries} are accepted")
     for info in infos:
@@ -256,10 +269,19 @@ def _validate(
     ignored.sort(key=lambda e: e.name)
     if not audio:
         raise NoAudio(_no_audio_message(infos, ignored))
+    ratio_checked: list[zipfile.ZipInfo] = []
     for entry in audio:
         _check_readable(entry.info)
-        _check_size(entry.info, limits)
-    _check_totals([entry.info for entry in audio], limits)
+        # Only an entry that compresses beyond the limit is opened to look at its header.
+        exempt = (
+            entry.info.file_size <= limits.ratio_exempt_max_bytes
+            and entry.info.file_size / max(entry.info.compress_size, 1) > limits.max_ratio
+            and is_whole_pcm(entry.info)
+        )
+        _check_size(entry.info, limits, check_ratio=not exempt)
+        if not exempt:
+            ratio_checked.append(entry.info)
+    _check_totals([entry.info for entry in audio], ratio_checked, limits)
     order = sorted(range(len(audio)), key=lambda i: (audio[i].info.filename, i))
     return [audio[i] for i in order], ignored
 
@@ -308,7 +330,11 @@ def _check_readable(info: zipfile.ZipInfo) -> None:
         )
 
 
-def _check_size(info: zipfile.ZipInfo, limits: ZipLimits) -> None:
+def _ratio_too_high(uncompressed: int, compressed: int, limits: ZipLimits) -> bool:
+    return uncompressed > RATIO_CHECK_MIN_BYTES and uncompressed / max(compressed, 1) > limits.max_ratio
+
+
+def _check_size(info: zipfile.ZipInfo, limits: ZipLimits, *, check_ratio: bool = True) -> None:
     shown = _show(info.filename)
     if info.file_size > limits.max_entry_bytes:
         raise ZipBomb(
@@ -316,23 +342,53 @@ def _check_size(info: zipfile.ZipInfo, limits: ZipLimits) -> None:
             f"{limits.max_entry_bytes} bytes"
         )
     ratio = info.file_size / max(info.compress_size, 1)
-    if info.file_size > RATIO_CHECK_MIN_BYTES and ratio > limits.max_ratio:
+    if check_ratio and _ratio_too_high(info.file_size, info.compress_size, limits):
         raise ZipBomb(
             f"entry {shown} expands {ratio:.0f}x ({info.compress_size} -> {info.file_size} bytes); "
             f"the limit is {limits.max_ratio:.0f}x"
         )
 
 
-def _check_totals(infos: list[zipfile.ZipInfo], limits: ZipLimits) -> None:
+def _check_totals(
+    infos: list[zipfile.ZipInfo], ratio_checked: list[zipfile.ZipInfo], limits: ZipLimits
+) -> None:
+    """The absolute limit over every audio entry; the ratio over those not exempt from it."""
     total = sum(info.file_size for info in infos)
     if total > limits.max_total_uncompressed_bytes:
         raise ZipBomb(
             f"the audio files declare {total} bytes uncompressed; the limit is "
             f"{limits.max_total_uncompressed_bytes} bytes"
         )
-    ratio = total / max(sum(info.compress_size for info in infos), 1)
-    if total > RATIO_CHECK_MIN_BYTES and ratio > limits.max_ratio:
+    checked = sum(info.file_size for info in ratio_checked)
+    compressed = sum(info.compress_size for info in ratio_checked)
+    if _ratio_too_high(checked, compressed, limits):
+        ratio = checked / max(compressed, 1)
         raise ZipBomb(f"the audio files expand {ratio:.0f}x overall; the limit is {limits.max_ratio:.0f}x")
+
+
+# Enough decompressed bytes to see a RIFF/WAVE or FORM/AIFF header (the size fields are in the first 12).
+_HEADER_PROBE_BYTES = 12
+
+
+def _is_whole_pcm(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> bool:
+    """True when the entry starts with a WAV (RIFF…WAVE) or AIFF (FORM…AIFF/AIFC) header whose
+    declared size is exactly the entry's declared uncompressed size: a real audio file of that size,
+    however well it compresses. Reads only the first bytes; any trouble reading them is False (the
+    entry is then judged by the ratio as before, and extraction reports real damage)."""
+    try:
+        with archive.open(info) as member:
+            head = member.read(_HEADER_PROBE_BYTES)
+    except (NotImplementedError, RuntimeError, *_MEMBER_DATA_ERRORS):
+        return False
+    if len(head) < _HEADER_PROBE_BYTES:
+        return False
+    if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
+        declared = struct.unpack("<I", head[4:8])[0] + 8
+    elif head[:4] == b"FORM" and head[8:12] in (b"AIFF", b"AIFC"):
+        declared = struct.unpack(">I", head[4:8])[0] + 8
+    else:
+        return False
+    return declared == info.file_size
 
 
 def _no_audio_message(infos: list[zipfile.ZipInfo], ignored: list[IgnoredEntry]) -> str:

@@ -422,6 +422,72 @@ def test_small_silent_file_is_not_mistaken_for_a_bomb(tmp_path: Path) -> None:
     assert len(result.files) == 1
 
 
+def _silent_wav(seconds: float, rate: int = 44100, fmt: str = "WAV") -> bytes:
+    return _wav_of(np.zeros(int(rate * seconds), dtype=np.float32), rate, "PCM_16", fmt)
+
+
+@pytest.mark.parametrize("fmt", ["WAV", "AIFF"])
+def test_long_silent_recording_is_not_mistaken_for_a_bomb(tmp_path: Path, fmt: str) -> None:
+    silence = _silent_wav(60.0, fmt=fmt)  # 5.3 MB that deflate ~1000x: the ratio alone says "bomb"
+    data = zip_bytes({f"silence.{fmt.lower()}": silence})
+    assert len(silence) / len(data) > ZipLimits().max_ratio
+
+    result = extract(tmp_path, data)
+
+    assert [f.size_bytes for f in result.files] == [len(silence)]
+
+
+def test_many_short_silent_recordings_are_not_a_bomb_overall(tmp_path: Path) -> None:
+    result = extract(tmp_path, zip_bytes({f"s{i}.wav": _silent_wav(6.0) for i in range(8)}))
+
+    assert len(result.files) == 8
+
+
+def test_silent_dataset_is_rejected_as_too_little_audio_not_as_a_bomb(tmp_path: Path) -> None:
+    from rvc_core.assets import AssetStore
+    from rvc_core.config import PrepareConfig
+    from rvc_core.prepare import run_prepare
+
+    zip_path = upload(tmp_path, zip_bytes({"silence.wav": _silent_wav(60.0)}))
+
+    with pytest.raises(BadDataset) as raised:
+        run_prepare(
+            zip_path, tmp_path / "work", PrepareConfig(f0_method="pm"), assets=AssetStore(None), workers=1
+        )
+
+    assert raised.value.code == "too_little_audio", raised.value.message
+
+
+def test_audio_header_does_not_exempt_a_bomb_beyond_the_exemption_size(tmp_path: Path) -> None:
+    silence = _silent_wav(60.0)
+
+    with pytest.raises(BadDataset) as raised:
+        extract(
+            tmp_path, zip_bytes({"silence.wav": silence}), ZipLimits(ratio_exempt_max_bytes=len(silence) - 1)
+        )
+
+    assert raised.value.code == "zip_bomb"
+
+
+def test_audio_header_that_misstates_the_entry_size_does_not_exempt_it(tmp_path: Path) -> None:
+    zeros = bytes(4 << 20)
+    forged = b"RIFF" + struct.pack("<I", 36) + b"WAVE" + zeros  # claims 44 bytes, holds 4 MiB
+
+    with pytest.raises(BadDataset) as raised:
+        extract(tmp_path, zip_bytes({"bomb.wav": forged}))
+
+    assert raised.value.code == "zip_bomb"
+
+
+def test_header_matching_bomb_is_still_bound_by_the_absolute_limits(tmp_path: Path) -> None:
+    silence = _silent_wav(60.0)
+
+    with pytest.raises(BadDataset) as raised:
+        extract(tmp_path, zip_bytes({"silence.wav": silence}), ZipLimits(max_entry_bytes=len(silence) - 1))
+
+    assert raised.value.code == "zip_bomb"
+
+
 @pytest.mark.parametrize("compression", [zipfile.ZIP_STORED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA])
 def test_other_standard_compression_methods_extract(tmp_path: Path, compression: int) -> None:
     clip = voice_wav()
