@@ -9,7 +9,10 @@ command -v "$py" >/dev/null 2>&1 || py=python3
 hash=$(cat "$here/requirements.txt" "$here/requirements-dev.txt" "$here/scripts/venv.sh" | sha256sum | cut -c1-16)
 root=${RVC_VENV_ROOT:-${XDG_CACHE_HOME:-$HOME/.cache}/rvc-trainer}
 venv="$root/venv-$hash"
-if [ -f "$venv/.ready" ]; then
+# This checkout's own package (console script `rvc-trainer`), editable and without dependencies:
+# per checkout, so it is checked on every call and not part of the environment's key.
+project="$here $(sha256sum <"$here/pyproject.toml" | cut -c1-16)"
+if [ -f "$venv/.ready" ] && [ "$(cat "$venv/.project" 2>/dev/null)" = "$project" ]; then
   echo "$venv"
   exit 0
 fi
@@ -27,5 +30,10 @@ if [ ! -f "$venv/.ready" ]; then
   "${pip[@]}" install -q "setuptools<81" wheel "cython<4" >&2
   "${pip[@]}" install --no-build-isolation pyworld==0.3.5 >&2
   touch "$venv/.ready"
+fi
+if [ "$(cat "$venv/.project" 2>/dev/null)" != "$project" ]; then
+  "$venv/bin/python" -m pip --disable-pip-version-check install -q --no-deps --no-build-isolation \
+    -e "$here" >&2
+  echo "$project" >"$venv/.project"
 fi
 echo "$venv"

@@ -1,0 +1,1 @@
+"""`rvc-trainer`: the user's command line: submit a dataset, follow, inspect, download, cancel."""
