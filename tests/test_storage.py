@@ -392,3 +392,65 @@ def test_local_object_metadata_is_readable_by_others_like_its_data(tmp_path: Pat
     bookkeeping = [p for p in (tmp_path / "models" / "alice").iterdir() if p.name.endswith(".meta.json")]
     assert bookkeeping
     assert all(p.stat().st_mode & 0o777 == data_mode for p in bookkeeping)
+
+
+# --- file:// bookkeeping stays out of users' folders ------------------------------------------------
+def test_writing_a_model_leaves_only_the_model_files_in_the_output_folder(tmp_path: Path) -> None:
+    from consumer.work.artifacts import CONTENT_TYPES, copy_to_output
+
+    built = tmp_path / "built"
+    built.mkdir()
+    files = {
+        "model": built / "alice.pth",
+        "index": built / "added_IVF1_Flat_nprobe_1_alice_v2.index",
+        "preview": built / "preview.wav",
+        "report": built / "report.json",
+        "zip": built / "alice.zip",
+    }
+    for path in files.values():
+        path.write_bytes(b"bytes of " + path.name.encode())
+    locks = tmp_path / "locks"
+    # One store serves every file:// URI, rooted at the state bucket (as the service wires it).
+    store = LocalStore(root=tmp_path / "state", lock_dir=locks)
+    out = tmp_path / "my-models" / "alice"
+
+    copy_to_output(store, f"file://{out}/", files)
+    copy_to_output(store, f"file://{out}/", files)  # a rerun overwrites in place
+
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in files.values())
+    assert [p.suffix for p in locks.iterdir()] and all(p.suffix == ".lock" for p in locks.iterdir())
+    for path in files.values():
+        info = store.stat(f"file://{out}/{path.name}")
+        assert info is not None and info.content_type == CONTENT_TYPES[path.suffix]
+        assert info.metadata == {}
+
+
+def test_lock_files_are_kept_outside_the_bucket_and_still_exclude_writers(tmp_path: Path) -> None:
+    locks = tmp_path / "locks"
+    first = LocalStore(root=tmp_path / "bucket", lock_dir=locks)
+    second = LocalStore(root=tmp_path / "elsewhere", lock_dir=locks)  # another store, same machine
+    uri = f"file://{tmp_path}/bucket/jobs/1/job.json"
+
+    threads = [
+        threading.Thread(target=_increment_with_cas, args=(store, uri, 20)) for store in (first, second)
+    ]
+    first.write_bytes(uri, b"0")
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert first.read_bytes(uri)[0] == b"40"
+    assert not [p for p in (tmp_path / "bucket").rglob("*") if p.name.endswith(".lock")]
+    assert len(list(locks.iterdir())) == 1
+
+
+def test_custom_metadata_still_round_trips_without_lock_files_beside_it(tmp_path: Path) -> None:
+    store = LocalStore(root=tmp_path, lock_dir=tmp_path.parent / f"{tmp_path.name}-locks")
+    uri = f"file://{tmp_path}/datasets/alice.zip"
+    store.write_bytes(uri, b"PK..", metadata={"model-name": "alice"})
+    store.write_bytes(uri, b"PK...")  # a later version without metadata reads as having none
+
+    info = store.stat(uri)
+    assert info is not None and info.metadata == {} and info.content_type == "application/zip"
+    assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".lock")]

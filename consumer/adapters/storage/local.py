@@ -7,9 +7,12 @@
   generation, write a temporary file beside the target, then `os.replace` it in one step. Readers
   take no lock: they open the file and `fstat` the open descriptor, so data and generation always
   come from one version. Safe across threads and processes on one machine (not over NFS).
+  Lock files live in one folder per machine (`<tmp>/rvc-objstore-locks/`, named by a hash of the
+  object's real path), never in the bucket, so users' output folders hold only their files.
 - Content type and custom metadata live in a sidecar keyed by generation, written before the data
   is swapped in and keeping the previous entry, so a reader never sees one version's data with
-  another's metadata.
+  another's metadata. A version with no custom metadata and the usual content type for its name
+  (`default_content_type`) needs no entry, and no sidecar is created for it.
 Bookkeeping files are named `.objstore-<name>.*` beside each object and never listed.
 """
 
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import mimetypes
 import os
@@ -33,6 +37,25 @@ from consumer.errors import NotFound, PreconditionFailed
 from rvc_core.atomic import atomic_path, default_file_mode
 
 RESERVED_PREFIX = ".objstore-"
+LOCK_DIR_NAME = "rvc-objstore-locks"
+# Content types the service writes that `mimetypes` guesses differently (or not at all), and the
+# fallback Cloud Storage reports for an object without one.
+_KNOWN_TYPES: dict[str, str] = {
+    ".wav": "audio/wav",
+    ".zip": "application/zip",
+    ".json": "application/json",
+}
+_FALLBACK_TYPE = "application/octet-stream"
+
+
+def default_content_type(name: str) -> str:
+    """The content type an object gets when none was recorded: by its name's extension."""
+    suffix = Path(name).suffix.lower()
+    return _KNOWN_TYPES.get(suffix) or mimetypes.guess_type(name)[0] or _FALLBACK_TYPE
+
+
+def default_lock_dir() -> Path:
+    return Path(tempfile.gettempdir()) / LOCK_DIR_NAME
 
 
 def path_from_uri(uri: str) -> Path:
@@ -50,8 +73,10 @@ def uri_from_path(path: Path) -> str:
 
 
 class LocalStore:
-    def __init__(self, root: Path | None = None) -> None:
+    def __init__(self, root: Path | None = None, *, lock_dir: Path | None = None) -> None:
         self.root = Path(root) if root is not None else None
+        # Every process on the machine must use the same folder for the locks to exclude each other.
+        self.lock_dir = Path(lock_dir) if lock_dir is not None else default_lock_dir()
 
     # --- paths and bookkeeping --------------------------------------------------------------------
     def _object_path(self, uri: str) -> Path:
@@ -66,14 +91,29 @@ class LocalStore:
     def _sidecar(path: Path) -> Path:
         return path.with_name(f"{RESERVED_PREFIX}{path.name}.meta.json")
 
-    @staticmethod
-    def _lock_file(path: Path) -> Path:
-        return path.with_name(f"{RESERVED_PREFIX}{path.name}.lock")
+    def _lock_file(self, path: Path) -> Path:
+        """The object's lock file: outside the bucket, named by a hash of the object's real path."""
+        real = os.path.join(os.path.realpath(path.parent), path.name)
+        return self.lock_dir / f"{hashlib.sha256(real.encode()).hexdigest()[:40]}.lock"
+
+    def _open_lock(self, path: Path) -> int:
+        if not self.lock_dir.is_dir():
+            self.lock_dir.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(OSError):  # shared by every user of the machine, like /tmp
+                os.chmod(self.lock_dir, 0o1777)
+        lock = self._lock_file(path)
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        except PermissionError:  # made by another user: flock works on a read-only descriptor too
+            fd = os.open(lock, os.O_RDONLY)
+        with contextlib.suppress(OSError):
+            os.fchmod(fd, 0o666)
+        return fd
 
     @contextlib.contextmanager
     def _locked(self, path: Path) -> Iterator[None]:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self._lock_file(path), os.O_RDWR | os.O_CREAT, 0o644)
+        fd = self._open_lock(path)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
@@ -95,8 +135,8 @@ class LocalStore:
         generation = st.st_mtime_ns
         entry = next((e for e in self._entries(path) if e.get("generation") == generation), None)
         bucket, name = self._bucket_and_name(path)
-        if entry is None:  # written by another program: no metadata, a guessed type (as gcloud would)
-            metadata, content_type = {}, mimetypes.guess_type(path.name)[0]
+        if entry is None:  # no custom metadata, or written by another program: a guessed type
+            metadata, content_type = {}, default_content_type(path.name)
         else:
             metadata, content_type = dict(entry.get("metadata") or {}), entry.get("content_type")
         return ObjectInfo(
@@ -144,13 +184,16 @@ class LocalStore:
                 generation = os.stat(tmp_name).st_mtime_ns  # what the filesystem kept is what readers see
                 if generation == current:
                     raise OSError(f"{path.parent} keeps too coarse timestamps for object generations")
-                previous = [e for e in self._entries(path) if e.get("generation") == current]
-                entry = {
-                    "generation": generation,
-                    "content_type": content_type,
-                    "metadata": dict(metadata or {}),
-                }
-                self._write_sidecar(path, [*previous, entry])
+                if metadata or (content_type and content_type != default_content_type(path.name)):
+                    previous = [e for e in self._entries(path) if e.get("generation") == current]
+                    entry = {
+                        "generation": generation,
+                        "content_type": content_type,
+                        "metadata": dict(metadata or {}),
+                    }
+                    self._write_sidecar(path, [*previous, entry])
+                # else: no entry is needed (its absence reads as no metadata and the default type);
+                # an existing sidecar keeps the previous version's entry for its readers.
                 os.replace(tmp_name, path)
             finally:
                 if os.path.exists(tmp_name):
@@ -217,7 +260,7 @@ class LocalStore:
             uri,
             fill,
             if_generation_match=if_generation_match,
-            content_type=content_type or mimetypes.guess_type(Path(path).name)[0],
+            content_type=content_type,  # None: the default for the object's name
             metadata=metadata,
         )
 
