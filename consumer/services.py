@@ -11,8 +11,9 @@ import socket
 import threading
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     from consumer.jobs.waiting import WaitingLine
     from consumer.settings import Settings
     from consumer.work.slices import SliceRunner, Trainer
+    from rvc_core.assets import Asset
 
 
 @dataclass
@@ -67,11 +69,14 @@ def build_services(
     open_store: Callable[[str], ObjectStore] | None = None,
     trainer: Trainer | None = None,
     tasks: TaskQueue | None = None,
+    asset_manifest: Sequence[Asset] | None = None,
 ) -> Services:
     """Wires the service for `settings.role`. Defaults: the storage, messaging and task-queue
     adapters chosen by the settings and the real `rvc_core.job.run_job` (workers only: the api
     never imports torch); tests and the local stack pass their own publisher, stores, queue or
-    trainer."""
+    trainer. With `RVC_ASSETS`/`RVC_PRETRAINED` set to a bucket URL, the trainer is wrapped to fetch
+    the job's weight files into a local cache first (`consumer.work.assets`; `asset_manifest`: the
+    files and checksums to expect, the real manifest by default)."""
     from consumer.jobs.intake import Intake
     from consumer.jobs.records import JobRecords
     from consumer.jobs.results import Results
@@ -120,7 +125,7 @@ def build_services(
                 line=line,
                 store_for=store_for,
                 owner=instance_owner(),
-                trainer=trainer or default_trainer(),
+                trainer=_with_assets(trainer or default_trainer(), settings, store_for, asset_manifest),
                 stop=stop,
             )
         )
@@ -135,3 +140,19 @@ def build_services(
         slices=runner,
         stop=stop,
     )
+
+
+def _with_assets(
+    trainer: Trainer,
+    settings: Settings,
+    store_for: Callable[[str], ObjectStore],
+    manifest: Sequence[Asset] | None,
+) -> Trainer:
+    """The trainer, fetching weights from a bucket first when a setting names one (else unchanged)."""
+    from consumer.work.assets import RemoteAssets, needs_remote_assets, with_local_assets
+
+    if not needs_remote_assets(settings.rvc_assets, settings.rvc_pretrained):
+        return trainer
+    cache = Path(settings.work_root) / "assets"
+    kwargs = {} if manifest is None else {"manifest": manifest}
+    return with_local_assets(trainer, RemoteAssets(store_for, cache, **kwargs))

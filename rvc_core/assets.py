@@ -40,6 +40,14 @@ HASH_CHUNK_BYTES = 1 << 20
 HUBERT_FAIRSEQ = "hubert_base.pt"
 HUBERT_HF_CONFIG = "hubert_base/config.json"
 HUBERT_HF_WEIGHTS = "hubert_base/pytorch_model.bin"
+RMVPE = "rmvpe.pt"
+
+
+class AssetChecksumMismatch(AssetCorrupt):
+    """A fetched file does not have the manifest's size or SHA-256 (it was not kept). Not retryable:
+    the same source gives the same bytes until someone replaces them."""
+
+    code = "asset_checksum_mismatch"
 
 
 @dataclass(frozen=True)
@@ -181,6 +189,26 @@ def _lookup(manifest: Sequence[Asset], name: str) -> Asset:
     if name not in table:
         raise ConfigError(f"unknown asset {name!r}; known assets: {', '.join(table)}")
     return table[name]
+
+
+def content_encoder_choices() -> tuple[tuple[str, ...], ...]:
+    """The content encoder's file sets, in order of preference (what `features.extract` loads)."""
+    return ((HUBERT_FAIRSEQ,), (HUBERT_HF_CONFIG, HUBERT_HF_WEIGHTS))
+
+
+def pitch_asset_names(f0_method: str) -> tuple[str, ...]:
+    """The weight files a pitch method reads from the assets folder (only RMVPE needs one)."""
+    return (RMVPE,) if f0_method == "rmvpe" else ()
+
+
+def pretrained_asset_names(version: str, sample_rate: int) -> tuple[str, str]:
+    """The generator and discriminator a job fine-tunes, as paths in a pretrained folder (RVC's
+    layout, the one `job_stages.pretrained_paths` reads): `pretrained_v2/f0G40k.pth`, …."""
+    from rvc_core.spec import sample_rate_label
+
+    folder = "pretrained_v2" if version == "v2" else "pretrained"
+    rate = sample_rate_label(sample_rate)
+    return f"{folder}/f0G{rate}.pth", f"{folder}/f0D{rate}.pth"
 
 
 def sha256_of(path: Path) -> str:
