@@ -9,6 +9,7 @@ from typing import Any
 
 from flask import Flask, Response, g, jsonify, request
 
+from consumer.edge.identity import IdentityVerifier
 from consumer.handlers import events, health, jobs, train, work
 from consumer.logs import log, reset_trace, set_trace
 from consumer.services import Services
@@ -21,17 +22,22 @@ API_ROLES = ("all", "api")
 WORKER_ROLES = ("all", "worker")
 
 
-def create_app(services: Services, *, handle_sigterm: bool = True) -> Flask:
+def create_app(
+    services: Services, *, handle_sigterm: bool = True, identity: IdentityVerifier | None = None
+) -> Flask:
+    """`identity` checks push tokens under REQUIRE_PUSH_IDENTITY (default: Google's certificates)."""
     app = Flask("consumer")
     role = services.settings.role
+    if identity is None and services.settings.require_push_identity:
+        identity = IdentityVerifier()
     if role in API_ROLES:
-        app.add_url_rule("/events", "events", lambda: events.handle(services), methods=["POST"])
+        app.add_url_rule("/events", "events", lambda: events.handle(services, identity), methods=["POST"])
         app.add_url_rule("/train", "train", lambda: train.handle(services), methods=["POST"])
         app.add_url_rule(
             "/jobs/<job_id>", "job", lambda job_id: jobs.handle(services, job_id), methods=["GET"]
         )
     if role in WORKER_ROLES:
-        app.add_url_rule("/work", "work", lambda: work.handle(services), methods=["POST"])
+        app.add_url_rule("/work", "work", lambda: work.handle(services, identity), methods=["POST"])
     app.add_url_rule("/healthz", "healthz", lambda: health.handle(services), methods=["GET"])
 
     @app.before_request

@@ -92,6 +92,42 @@ class Settings:
     work_root: str = env_field(
         "WORK_ROOT", "local scratch folder for work dirs", os.path.join(tempfile.gettempdir(), "rvc-trainer")
     )
+    # --- trust boundary (issue 9)
+    inbox_bucket: str = env_field(
+        "INBOX_BUCKET",
+        "the only bucket whose uploads start jobs (/events), and where /train may read datasets; "
+        "default with file:// state: the sibling folder `inbox`; unset with gs:// state: any bucket "
+        "but the service's own (Terraform sets it)",
+        "",
+    )
+    train_dataset_buckets: tuple[str, ...] = env_field(
+        "TRAIN_DATASET_BUCKETS", "more gs:// buckets /train may read dataset_url from (comma-separated)", ()
+    )
+    train_output_buckets: tuple[str, ...] = env_field(
+        "TRAIN_OUTPUT_BUCKETS",
+        "more gs:// buckets /train may write output_url to (comma-separated); the models bucket always",
+        (),
+    )
+    max_dataset_bytes: int = env_field(
+        "MAX_DATASET_BYTES",
+        "largest dataset zip accepted, bytes; default: an eighth of the instance memory (scratch lives "
+        "in RAM on Cloud Run), 2 GiB on 16 GiB",
+        0,
+    )
+    push_service_account: str = env_field(
+        "PUSH_SERVICE_ACCOUNT",
+        "service account whose OIDC token /events pushes carry (Pub/Sub, Eventarc)",
+        "",
+    )
+    push_audience: str = env_field(
+        "PUSH_AUDIENCE", "audience /events tokens must carry, when set (Cloud Run checks it already)", ""
+    )
+    require_push_identity: bool = env_field(
+        "REQUIRE_PUSH_IDENTITY",
+        "true: /events and /work verify the OIDC token (signature, issuer, expiry) and its email "
+        "against PUSH_SERVICE_ACCOUNT / TASKS_SERVICE_ACCOUNT; 401/403 otherwise",
+        False,
+    )
     port: int = env_field("PORT", "HTTP port", 8080)
     host: str = env_field("HOST", "interface to listen on (Cloud Run needs all: 0.0.0.0)", "0.0.0.0")
 
@@ -133,6 +169,22 @@ class Settings:
             raise SettingsError("WORK_URL is required with a Cloud Tasks TASK_QUEUE (the worker's /work URL)")
         if not self.task_queue_url:
             raise SettingsError("TASK_QUEUE is required with gs:// buckets (projects/P/locations/L/queues/Q)")
+        # --- trust boundary (issue 9)
+        if self.max_dataset_bytes == 0:
+            object.__setattr__(self, "max_dataset_bytes", default_max_dataset_bytes())
+        if self.require_push_identity:
+            missing = [
+                name
+                for name, roles, value in (
+                    ("PUSH_SERVICE_ACCOUNT", ("all", "api"), self.push_service_account),
+                    ("TASKS_SERVICE_ACCOUNT", ("all", "worker"), self.tasks_service_account),
+                )
+                if self.role in roles and not value
+            ]
+            if missing:
+                raise SettingsError(
+                    f"REQUIRE_PUSH_IDENTITY=true needs {' and '.join(missing)} (the expected token email)"
+                )
 
     @property
     def task_queue_url(self) -> str:
@@ -149,6 +201,14 @@ class Settings:
     @property
     def models_url(self) -> str:
         return bucket_url(self.models_bucket)
+
+    # --- trust boundary (issue 9)
+    @property
+    def inbox_bucket_name(self) -> str:
+        """The bucket whose uploads start jobs; "" (any bucket) only with gs:// state and no INBOX_BUCKET."""
+        if self.inbox_bucket:
+            return bucket_name(self.inbox_bucket)
+        return LOCAL_INBOX_BUCKET if self.state_url.startswith("file://") else ""
 
     def object_url(self, bucket: str, name: str) -> str:
         """The URL of an object named in an event. With `file://` state, buckets are sibling folders:
@@ -176,6 +236,66 @@ def documentation() -> list[tuple[str, str, str]]:
         default = "(required)" if f.default is MISSING else str(f.default)
         rows.append((f.metadata["env"], default, f.metadata["help"]))
     return rows
+
+
+# --- trust boundary (issue 9)
+LOCAL_INBOX_BUCKET = "inbox"  # with file:// state, the inbox is the sibling folder of this name
+# Scratch (the dataset, its decoded and resampled audio, features, checkpoints) lives in the instance's
+# memory on Cloud Run, beside the process itself; the decoded audio alone is a few times the zip.
+DATASET_SHARE_OF_MEMORY = 8  # 16 GiB instance → 2 GiB datasets
+DATASET_BYTES_FALLBACK = 2 * 1024**3
+
+
+def instance_memory_bytes() -> int | None:
+    """The memory this instance may use: the cgroup limit (Cloud Run's setting), else physical RAM."""
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            with open(path) as f:
+                raw = f.read().strip()
+        except OSError:
+            continue
+        if raw.isdigit() and int(raw) < 1 << 60:  # "max" or a huge number: no limit
+            return int(raw)
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def default_max_dataset_bytes() -> int:
+    memory = instance_memory_bytes()
+    return memory // DATASET_SHARE_OF_MEMORY if memory else DATASET_BYTES_FALLBACK
+
+
+def _bucket_list(raw: str) -> tuple[str, ...]:
+    names = []
+    for item in raw.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        if "://" in item and not item.startswith("gs://"):
+            raise ValueError("must be gs:// bucket names, comma-separated")
+        name = bucket_name(item)
+        if not name or "/" in bucket_url(item).removeprefix("gs://").strip("/"):
+            raise ValueError("must be whole buckets (gs://NAME or NAME), comma-separated")
+        names.append(name)
+    return tuple(names)
+
+
+def _flag(raw: str) -> bool:
+    value = raw.lower()
+    if value in ("true", "1", "yes", "on"):
+        return True
+    if value in ("false", "0", "no", "off"):
+        return False
+    raise ValueError("must be true or false")
+
+
+def _inbox_bucket(raw: str) -> str:
+    url = bucket_url(raw)
+    if not url.startswith("gs://") or "/" in url.removeprefix("gs://"):
+        raise ValueError("must be a bucket name (or gs://NAME)")
+    return bucket_name(url)
 
 
 def bucket_url(raw: str) -> str:
@@ -278,4 +398,10 @@ PARSERS: dict[str, Callable[[str], Any]] = {
     "messaging": _choice(MESSAGING_KINDS),
     "device": _choice(DEVICES),
     "port": _integer(1, 65535),
+    # --- trust boundary (issue 9)
+    "inbox_bucket": _inbox_bucket,
+    "train_dataset_buckets": _bucket_list,
+    "train_output_buckets": _bucket_list,
+    "max_dataset_bytes": _integer(1024, 1 << 50),
+    "require_push_identity": _flag,
 }

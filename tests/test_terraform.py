@@ -377,12 +377,6 @@ def test_push_identity_is_required_and_is_whoever_pushes(tf: Config) -> None:
 
 
 # Settings issue 8 introduced; the app side adopts them while terraform/ already passes them.
-ISSUE_8_SETTINGS = {
-    "TASK_QUEUE", "WORK_URL", "TASKS_SERVICE_ACCOUNT", "DISPATCH_DEADLINE_SECONDS", "WORKER_SLOTS",
-    "PUSH_SERVICE_ACCOUNT", "REQUIRE_PUSH_IDENTITY",
-}  # fmt: skip
-
-
 def test_environment_names_are_settings_the_service_reads(tf: Config) -> None:
     from dataclasses import MISSING, fields
 
@@ -390,13 +384,11 @@ def test_environment_names_are_settings_the_service_reads(tf: Config) -> None:
 
     read = {f.metadata["env"] for f in fields(Settings)}
     required = {f.metadata["env"] for f in fields(Settings) if f.default is MISSING}
-    given = SERVICE_ENV - {"INBOX_BUCKET"}  # for operators reading the revision
+    given = SERVICE_ENV
     unread = given - read
 
     assert required <= given
-    assert unread <= ISSUE_8_SETTINGS, f"terraform/ passes settings the app does not read: {sorted(unread)}"
-    if unread:
-        pytest.xfail(f"consumer.settings does not read these issue-8 settings yet: {sorted(unread)}")
+    assert not unread, f"terraform/ passes settings the app does not read: {sorted(unread)}"
 
 
 def test_service_writes_to_the_state_and_models_buckets_only(tf: Config) -> None:

@@ -1,5 +1,7 @@
 """`POST /events`: any upload-notification delivery → intake. Always 2xx for what cannot succeed
-later (ignored or malformed deliveries, bad metadata): Pub/Sub would redeliver a 4xx for days."""
+later (ignored or malformed deliveries, bad metadata): Pub/Sub would redeliver a 4xx for days. The one
+exception: with REQUIRE_PUSH_IDENTITY, a push without the expected identity is answered 401/403 (a
+misconfiguration, retried until it is fixed; consumer.edge.identity)."""
 
 from __future__ import annotations
 
@@ -8,13 +10,17 @@ import logging
 from flask import Response, jsonify, request
 
 from consumer.edge.deliveries import Ignored, parse_delivery
+from consumer.edge.identity import IdentityVerifier, check_events
 from consumer.logs import log
 from consumer.services import Services
 
 logger = logging.getLogger(__name__)
 
 
-def handle(services: Services) -> tuple[Response, int]:
+def handle(services: Services, identity: IdentityVerifier | None = None) -> tuple[Response, int]:
+    refused = check_events(identity, services.settings)  # REQUIRE_PUSH_IDENTITY: PUSH_SERVICE_ACCOUNT only
+    if refused is not None:
+        return refused
     delivery = parse_delivery(dict(request.headers), request.get_data(cache=True, parse_form_data=False))
     if isinstance(delivery, Ignored):
         services.counters["malformed_deliveries" if delivery.malformed else "ignored_deliveries"] += 1

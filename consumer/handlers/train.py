@@ -12,6 +12,10 @@ REJECTION_STATUS: dict[str, int] = {NotFound.code: 404}
 
 
 def handle(services: Services) -> tuple[Response, int]:
+    if request.mimetype != "application/json":
+        got = request.mimetype or "none"
+        message = f"the body must be JSON sent with Content-Type: application/json, got {got!r}"
+        return jsonify(error={"code": INVALID_REQUEST, "message": message}), 400
     body = request.get_json(silent=True)
     if not isinstance(body, dict) or not body.get("dataset_url"):
         message = "the body must be a JSON object with at least dataset_url"

@@ -7,6 +7,7 @@ import logging
 
 from flask import Response, jsonify, request
 
+from consumer.edge.identity import IdentityVerifier, check_work
 from consumer.handlers.jobs import JOB_ID
 from consumer.logs import log
 from consumer.services import Services
@@ -15,7 +16,10 @@ from consumer.work.tokens import read_work_delivery
 logger = logging.getLogger(__name__)
 
 
-def handle(services: Services) -> tuple[Response, int]:
+def handle(services: Services, identity: IdentityVerifier | None = None) -> tuple[Response, int]:
+    refused = check_work(identity, services.settings)  # REQUIRE_PUSH_IDENTITY: TASKS_SERVICE_ACCOUNT only
+    if refused is not None:
+        return refused
     token = read_work_delivery(request.get_data(cache=True, parse_form_data=False))
     if isinstance(token, str):
         services.counters["malformed_tokens"] += 1

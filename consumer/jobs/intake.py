@@ -16,6 +16,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from consumer.edge.deliveries import Ignored, ObjectFinalized
+from consumer.edge.locations import (
+    DATASET_TOO_LARGE,
+    check_dataset_url,
+    check_output_url,
+    output_bucket_problem,
+)
 from consumer.errors import INVALID_REQUEST, InvalidMetadata, NotFound
 from consumer.jobs.metadata import build_job_spec, requested_spec
 from consumer.jobs.records import JobRecord, JobRecords, SourceObject, job_id_for, source_key
@@ -58,6 +64,9 @@ def screen(event: ObjectFinalized, settings: Settings) -> Ignored | None:
         own_buckets=(settings.state_url, settings.models_url),
         object_url=settings.object_url(event.bucket, event.name),
     )
+    inbox = settings.inbox_bucket_name
+    if reason is None and inbox and event.bucket != inbox:
+        reason = f"not the inbox bucket {inbox} (INBOX_BUCKET)"
     return None if reason is None else Ignored(f"{event.source_key}: {reason}")
 
 
@@ -89,26 +98,50 @@ class Intake:
             if info is None:
                 return IntakeResult("ignored", reason=f"{event.source_key}: the object no longer exists")
             metadata = info.metadata
+            size = info.size if event.size is None else event.size
+        else:
+            size = event.size
+            if size is None:  # a delivery shape without the size: ask storage, before any work starts
+                info = self.store_for(uri).stat(uri)
+                size = None if info is None else info.size
         source = SourceObject(uri=uri, bucket=event.bucket, name=event.name, generation=event.generation)
-        return self._open(job_id_for(event.source_key), source, metadata, output_url=None)
+        refused = too_large(size, self.settings.max_dataset_bytes)
+        return self._open(job_id_for(event.source_key), source, metadata, output_url=None, refused=refused)
 
     def accept_request(self, body: Mapping[str, Any]) -> IntakeResult:
         """`POST /train {dataset_url, output_url, model_name, epochs, …}`. Bad input is `rejected` at once
         (the caller is waiting for the answer) and makes no job."""
-        dataset_url = str(body.get("dataset_url") or "")
+        # The trust boundary (consumer.edge.locations): every refusal here, before a job exists.
+        nulls = sorted(str(k) for k, v in body.items() if v is None and k != "output_url")
+        if nulls:
+            return _rejected(INVALID_REQUEST, f"{', '.join(nulls)}: null is not a value; leave the key out")
+        dataset_url = body.get("dataset_url")
         output_url = body.get("output_url")
-        for name, url in (("dataset_url", dataset_url), ("output_url", output_url)):
-            if url is not None and not str(url).startswith(("gs://", "file:///")):
-                return _rejected(INVALID_REQUEST, f"{name} must be a gs:// or file:/// URL, got {url!r}")
-        info = self.store_for(dataset_url).stat(dataset_url)
-        if info is None:
-            return _rejected(NotFound.code, f"dataset_url {dataset_url} does not exist")
+        problem = check_dataset_url(dataset_url, self.settings)
+        if problem:
+            return _rejected(INVALID_REQUEST, problem)
+        assert isinstance(dataset_url, str)
         options = {k: v for k, v in body.items() if k not in TRAIN_LOCATION_KEYS}
+        object_name = dataset_url.rstrip("/").rsplit("/", 1)[-1]
         try:
-            fields = requested_spec(options, object_name=info.name).fields
+            fields = requested_spec(options, object_name=object_name).fields
             spec = build_job_spec(fields, preset=self.settings.train_preset)
         except InvalidMetadata as err:
             return IntakeResult("rejected", reason=err.message, error=err.as_dict())
+        if output_url is not None:
+            problem = check_output_url(output_url, self.settings, spec.model_name)
+            if problem:
+                return _rejected(INVALID_REQUEST, problem)
+        info = self.store_for(dataset_url).stat(dataset_url)
+        if info is None:
+            return _rejected(NotFound.code, f"dataset_url {dataset_url} does not exist")
+        refused = too_large(info.size, self.settings.max_dataset_bytes)
+        if refused:
+            return IntakeResult("rejected", reason=refused["message"], error=refused)
+        if output_url is not None:
+            problem = output_bucket_problem(self.store_for(output_url), output_url, self.settings)
+            if problem:
+                return _rejected(INVALID_REQUEST, problem)
         # The same request for the same object generation is the same job; other options, another job.
         request_key = json.dumps({"spec": _spec_dict(spec), "output_url": output_url}, sort_keys=True)
         job_id = job_id_for(f"{source_key(info.bucket, info.name, info.generation)}|train|{request_key}")
@@ -116,9 +149,15 @@ class Intake:
         return self._open(job_id, source, options, output_url=None if output_url is None else str(output_url))
 
     def _open(
-        self, job_id: str, source: SourceObject, metadata: Mapping[str, Any], *, output_url: str | None
+        self,
+        job_id: str,
+        source: SourceObject,
+        metadata: Mapping[str, Any],
+        *,
+        output_url: str | None,
+        refused: dict[str, Any] | None = None,
     ) -> IntakeResult:
-        record = self._new_record(job_id, source, metadata, output_url)
+        record = self._new_record(job_id, source, metadata, output_url, refused=refused)
         # The new record carries the claim to announce it: a duplicate running alongside waits.
         record.announcing[_due_result(record)] = time.time()
         record, created = self.records.create(record)
@@ -138,8 +177,25 @@ class Intake:
         return IntakeResult(outcome, job_id)
 
     def _new_record(
-        self, job_id: str, source: SourceObject, metadata: Mapping[str, Any], output_url: str | None
+        self,
+        job_id: str,
+        source: SourceObject,
+        metadata: Mapping[str, Any],
+        output_url: str | None,
+        *,
+        refused: dict[str, Any] | None = None,
     ) -> JobRecord:
+        if refused is not None:  # refused before any work (a dataset too large): failed, reported once
+            return JobRecord(
+                job_id=job_id,
+                model_name=model_name_hint(metadata, source.name),
+                source=source,
+                spec={},
+                status="failed",
+                stage="intake",
+                error=refused,
+                output_url=output_url,
+            )
         try:
             requested = requested_spec(metadata, object_name=source.name)
             spec = build_job_spec(requested.fields, preset=self.settings.train_preset)
@@ -198,6 +254,21 @@ def _spec_dict(spec: Any) -> dict[str, Any]:
     from dataclasses import asdict
 
     return asdict(spec)
+
+
+def too_large(size: int | None, limit: int) -> dict[str, Any] | None:
+    """The `dataset_too_large` error of an upload over `MAX_DATASET_BYTES`, naming the limit; else None."""
+    if size is None or size <= limit:
+        return None
+    message = (
+        f"the dataset is {_size(size)} ({size} bytes); this service accepts at most {_size(limit)} "
+        f"(MAX_DATASET_BYTES={limit}): its scratch space lives in the instance's memory"
+    )
+    return {"stage": "intake", "code": DATASET_TOO_LARGE, "message": message, "retryable": False}
+
+
+def _size(n: int) -> str:
+    return f"{n / 1024**3:.1f} GiB" if n >= 1024**3 else f"{n / 1024**2:.1f} MiB"
 
 
 def _rejected(code: str, message: str) -> IntakeResult:

@@ -196,6 +196,7 @@ class DevStack:
             worker_url = f"http://127.0.0.1:{ports.get('worker', ports.get('all'))}"
         service_env = {
             **base,
+            "INBOX_BUCKET": cfg.inbox_bucket,
             "INBOX_PREFIX": cfg.inbox_prefix,
             "STATE_BUCKET": f"gs://{cfg.state_bucket}",
             "MODELS_BUCKET": f"gs://{cfg.models_bucket}",
