@@ -563,7 +563,7 @@ def test_8_nothing_the_service_writes_triggers_intake(world: World, voice_zip: P
 @pytest.mark.emulator
 @pytest.mark.slow
 def test_sigterm_mid_slice_persists_and_hands_the_job_on(world: World, voice_zip: Path) -> None:
-    world.start(SLICE_SECONDS="120")
+    world.start(dispatch_deadline=600, SLICE_SECONDS="120")  # a slice far longer than the test waits
     world.upload(voice_zip, "datasets/hana.zip", {"model-name": "hana", "epochs": "200"})
     progress = world.collect(
         lambda rs: any(r.kind == "progress" and (r.data["progress"].get("epoch") or 0) >= 1 for r in rs),
