@@ -10,7 +10,7 @@ from typing import Any
 from flask import Flask, Response, g, jsonify, request
 
 from consumer.edge.identity import IdentityVerifier
-from consumer.handlers import events, health, jobs, train, work
+from consumer.handlers import events, files, health, jobs, models, train, work
 from consumer.logs import log, reset_trace, set_trace
 from consumer.services import Services
 
@@ -26,7 +26,7 @@ def create_app(
     services: Services, *, handle_sigterm: bool = True, identity: IdentityVerifier | None = None
 ) -> Flask:
     """`identity` checks push tokens under REQUIRE_PUSH_IDENTITY (default: Google's certificates)."""
-    app = Flask("consumer")
+    app = Flask("consumer", template_folder="handlers/templates")
     role = services.settings.role
     if identity is None and services.settings.require_push_identity:
         identity = IdentityVerifier()
@@ -35,6 +35,15 @@ def create_app(
         app.add_url_rule("/train", "train", lambda: train.handle(services), methods=["POST"])
         app.add_url_rule(
             "/jobs/<job_id>", "job", lambda job_id: jobs.handle(services, job_id), methods=["GET"]
+        )
+        app.add_url_rule(
+            "/jobs/<job_id>/files/<name>",
+            "job_file",
+            lambda job_id, name: files.handle(services, job_id, name),
+            methods=["GET"],
+        )
+        app.add_url_rule(
+            "/models/<name>", "model", lambda name: models.handle(services, name), methods=["GET"]
         )
     if role in WORKER_ROLES:
         app.add_url_rule("/work", "work", lambda: work.handle(services, identity), methods=["POST"])
