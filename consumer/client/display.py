@@ -8,7 +8,7 @@ from typing import IO, Any
 
 from tqdm import tqdm
 
-BAR_FORMAT = "{desc} {n_fmt}/{total_fmt} epochs |{bar}| {postfix}"
+BAR_FORMAT = "{desc} {n_fmt}/{total_fmt} epochs |{bar}| "
 
 
 def duration(seconds: float | None) -> str:
@@ -85,7 +85,7 @@ class JobBar:
 
     def _progress(self, progress: dict[str, Any]) -> None:
         # Messages can arrive out of order: never move the bar backwards.
-        if progress.get("epoch") is not None and progress.get("epoch", 0) < self.progress.get("epoch", 0):
+        if (progress.get("epoch") or 0) < (self.progress.get("epoch") or 0):
             return
         self.progress = {**self.progress, **progress}
 
