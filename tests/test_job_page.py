@@ -232,6 +232,46 @@ def test_running_job_curves_use_the_progress_history_when_the_worker_keeps_one(s
     assert mel.series[0].points[0] == (1.0, 2.0)  # g_mel without RVC's x45 weight
 
 
+def test_a_long_run_stays_a_small_page(stack: LocalStack) -> None:
+    """1000 epochs of rvc_core's history, every loss: curves are thinned to 200 points each."""
+    job_id = accept(stack, "alice", 1000)
+    folder = f"{stack.settings.models_url}/alice/{job_id}"
+    keys = ("g_total", "d_total", "g_mel", "g_kl", "g_fm", "g_adv")
+
+    def done(r: Any) -> bool:
+        r.status, r.stage = "succeeded", "done"
+        r.progress = {"epoch": 1000, "epochs": 1000, "losses": {}}
+        r.metrics = {
+            "epochs": 1000,
+            "best_epoch": 990,
+            "best_validation_mel": 0.4,
+            "history": [
+                {"epoch": e, "losses": {k: 10 / e + i for i, k in enumerate(keys)}, "validation_mel": 1 / e}
+                for e in range(1, 1001)
+            ],
+        }
+        names = {
+            "pth": "alice.pth",
+            "zip": "alice.zip",
+            "report_png": "report.png",
+            "pth_e500": "alice_e500.pth",
+        }
+        r.artifacts = {kind: f"{folder}/{name}" for kind, name in names.items()}
+        return True
+
+    stack.services.records.update(job_id, done)
+    page = stack.client.get(f"/jobs/{job_id}", headers=HTML)
+    text = page.get_data(as_text=True)
+    print(f"a 1000-epoch job's page: {len(page.data)} bytes")
+    assert len(page.data) < 100_000
+    assert text.count('class="curve"') == 7  # mel train + validation, then 5 others
+    record = stack.services.records.get(job_id)
+    assert record is not None
+    assert all(len(s.points) == pages.CURVE_POINTS for c in pages.loss_charts(record) for s in c.series)
+    assert f'src="/jobs/{job_id}/files/report.png"' in text and "alice_e500.pth" in text
+    assert "<audio" not in text  # no preview among the artifacts
+
+
 def test_files_endpoint_serves_only_the_jobs_own_artifacts(stack: LocalStack) -> None:
     job_id = accept(stack, "alice", 2)
     finish(stack, job_id)
