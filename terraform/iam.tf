@@ -113,7 +113,7 @@ resource "google_service_account_iam_member" "runtime_acts_as_tasks" {
 
 # --- the CPU front's runtime account (scale-out) ----------------------------------------------------------
 # Intake reads the upload, writes the job record, publishes `accepted` and creates task #0; status reads
-# job records. It never writes models.
+# job records; the job and model pages read (and serve) finished models. It never writes models.
 resource "google_storage_bucket_iam_member" "api_reads_inbox" {
   count = local.scale_out_topology ? 1 : 0
 
@@ -127,6 +127,14 @@ resource "google_storage_bucket_iam_member" "api_owns_state" {
 
   bucket = google_storage_bucket.state.name
   role   = "roles/storage.objectAdmin"
+  member = google_service_account.api[0].member
+}
+
+resource "google_storage_bucket_iam_member" "api_reads_models" {
+  count = local.scale_out_topology ? 1 : 0
+
+  bucket = google_storage_bucket.models.name
+  role   = "roles/storage.objectViewer"
   member = google_service_account.api[0].member
 }
 

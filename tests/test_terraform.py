@@ -499,8 +499,9 @@ EXPECTED_ROLES: dict[str, set[tuple[str, str]]] = {
         ("google_cloud_tasks_queue.work", "roles/cloudtasks.enqueuer"),  # each job's next slice
         ("google_service_account.tasks", "roles/iam.serviceAccountUser"),  # actAs for the OIDC token
     },
-    "google_service_account.api": {  # the CPU front (scale-out): intake and status, never models
+    "google_service_account.api": {  # the CPU front (scale-out): intake, status, pages; never writes models
         ("google_storage_bucket.inbox", "roles/storage.objectViewer"),
+        ("google_storage_bucket.models", "roles/storage.objectViewer"),  # the job page's downloads
         ("google_storage_bucket.state", "roles/storage.objectAdmin"),
         ("google_pubsub_topic.results", "roles/pubsub.publisher"),
         ("google_cloud_tasks_queue.work", "roles/cloudtasks.enqueuer"),  # task #0
