@@ -1,12 +1,14 @@
 """Micro-benchmark of the training step (v2, 40 kHz, 12 800-sample window) on synthetic data.
 
-    python bench/train.py --preset tiny --batch-size 4 --steps 30 [--device cpu|cuda] [--json]
+    python bench/train.py --preset tiny --batch-size 4 --steps 30 [--device cpu|cuda] [--compile] [--json]
 
 Builds an in-memory dataset of 3.7 s segments (random features, tone audio and its spectrograms,
 not timed), then runs `--warmup` untimed steps and `--steps` timed ones exactly as `train` does
 (batch assembly + `train_step`). Prints steps/s, seconds of training audio per second
 (batch × window / rate × steps/s), the share of wall time spent assembling batches, peak RSS and
-peak GPU memory, as a table and (with --json) as one JSON line.
+peak GPU memory, as a table and (with --json) as one JSON line. With --compile the networks are
+compiled as `train` does it (`rvc_core.train.compiled`); the first warmup step, which pays for the
+compilation, is reported apart (`first_step_seconds`) and never counted in the step rate.
 """
 
 from __future__ import annotations
@@ -71,7 +73,9 @@ def synthetic_dataset(device: str, items: int, seed: int = 0) -> Any:
     )
 
 
-def run(preset: str, batch_size: int, steps: int, warmup: int, device: str) -> dict[str, Any]:
+def run(
+    preset: str, batch_size: int, steps: int, warmup: int, device: str, compile_step: bool = False
+) -> dict[str, Any]:
     import torch
 
     from rvc_core.models import build_discriminator, build_generator
@@ -86,6 +90,19 @@ def run(preset: str, batch_size: int, steps: int, warmup: int, device: str) -> d
     g_params, d_params = list(g.parameters()), list(d.parameters())
     optim_g, optim_d = adamw(g_params, LEARNING_RATE), adamw(d_params, LEARNING_RATE)
     trainee = Trainee(g, d, optim_g, optim_d, g_params, d_params)
+    counters: Any = None
+    if compile_step:
+        from rvc_core.train.compiled import LENGTH_MULTIPLE, compile_counters, compile_trainee
+
+        compile_trainee(trainee)
+        counters = compile_counters
+
+    def collate(indices: list[int]) -> Any:
+        # Bucketed lengths only when compiled (a keyword older checkouts lack: A/B runs use this file).
+        return (
+            data.collate(indices, length_multiple=LENGTH_MULTIPLE) if compile_step else data.collate(indices)
+        )
+
     precision = choose_precision(device)
     stepper = GuardedStepper(precision, device)
     data = synthetic_dataset(device, max(ITEMS, batch_size))
@@ -99,21 +116,33 @@ def run(preset: str, batch_size: int, steps: int, warmup: int, device: str) -> d
     def batches(n: int) -> list[list[int]]:
         return [[(i * batch_size + j) % len(data) for j in range(batch_size)] for i in range(n)]
 
-    for indices in batches(warmup):
-        train_step(trainee, data.collate(indices), precision=precision, stepper=stepper, spec=spec)
-    sync()
+    first_step_seconds = None
+    for indices in batches(max(warmup, 1)):
+        t0 = time.perf_counter()
+        train_step(
+            trainee,
+            collate(indices),
+            precision=precision,
+            stepper=stepper,
+            spec=spec,
+        )
+        sync()
+        if first_step_seconds is None:
+            first_step_seconds = time.perf_counter() - t0
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     collate_seconds = 0.0
+    cpu_started = time.process_time()
     started = time.perf_counter()
     for indices in batches(steps):
         t0 = time.perf_counter()
-        batch = data.collate(indices)
+        batch = collate(indices)
         collate_seconds += time.perf_counter() - t0
         result = train_step(trainee, batch, precision=precision, stepper=stepper, spec=spec)
     final_losses = result.losses.tolist()  # the one sync of the timed loop
     sync()
     wall = time.perf_counter() - started
+    cpu = time.process_time() - cpu_started
     steps_per_second = steps / wall
     window = TRAINING_SEGMENT_SAMPLES[(VERSION, SAMPLE_RATE)]
     return {
@@ -123,12 +152,18 @@ def run(preset: str, batch_size: int, steps: int, warmup: int, device: str) -> d
         "batch_size": batch_size,
         "steps": steps,
         "threads": torch.get_num_threads(),
+        "compiled": compile_step,
+        "first_step_seconds": first_step_seconds,
+        "seconds_per_step": wall / steps,
+        # CPU seconds of this process per step: less disturbed than wall time on a shared machine.
+        "cpu_seconds_per_step": cpu / steps,
         "steps_per_second": steps_per_second,
         "audio_seconds_per_second": batch_size * window / SAMPLE_RATE * steps_per_second,
         "data_loading_share": collate_seconds / wall,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "peak_gpu_mib": torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
         "losses_finite": all(v == v and abs(v) != float("inf") for v in final_losses),
+        **({f"compile_{k}": v for k, v in counters().items()} if counters else {}),
     }
 
 
@@ -140,13 +175,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the networks first")
     p.add_argument("--json", action="store_true", help="also print the result as one JSON line")
     args = p.parse_args(argv)
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
-    result = run(args.preset, args.batch_size, args.steps, args.warmup, args.device)
+    result = run(args.preset, args.batch_size, args.steps, args.warmup, args.device, args.compile)
     width = max(len(k) for k in result)
     for key, value in result.items():
         shown = f"{value:.3f}" if isinstance(value, float) else str(value)

@@ -392,3 +392,17 @@ def test_preprocess_all_writes_only_the_segments_into_the_given_folders(two_work
         for seg in r.segments:
             expected |= {root / "out" / "wav" / f"{seg.id}.wav", root / "out" / "wav16k" / f"{seg.id}.wav"}
     assert files_under(root) == expected
+
+
+def test_highpass_equals_rvcs_lfilter_across_blocks() -> None:
+    from scipy import signal
+
+    from rvc_core.preprocess.filters import highpass_coefficients
+
+    x = np.random.default_rng(0).standard_normal(SR * 2)
+    b, a = highpass_coefficients(SR)
+    expected = signal.lfilter(b, a, x)
+    hp = HighPass(SR)
+    got = np.concatenate([hp(x[: SR // 3]), hp(x[SR // 3 :])])
+    # The (b, a) form itself rounds at ~1e-5 with poles this close to 1: below 16-bit resolution.
+    np.testing.assert_allclose(got, expected, rtol=0, atol=3e-5)

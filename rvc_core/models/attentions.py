@@ -70,18 +70,21 @@ class RelativeSelfAttention(nn.Module):
         value = self._heads(self.conv_v(x))
         rel_index, in_window = _relative_positions(t, self.window, x.device)
         rel_index = rel_index.expand(b, self.n_heads, t, t)
+        outside = ~in_window
 
+        # In-place edits of fresh [B, h, T, T] buffers: none of them is saved for backward, so autograd
+        # allows it, and the step makes no full copies of the score matrix beyond the ones it needs.
         scores = torch.matmul(query, key.transpose(-2, -1))
         rel_logits = torch.matmul(query, self.emb_rel_k[0].transpose(0, 1))  # [B, h, T, 2w+1]
-        scores = scores + torch.gather(rel_logits, -1, rel_index).masked_fill(~in_window, 0.0)
-        scores = scores.masked_fill(attn_mask == 0, -1e4)
+        scores += torch.gather(rel_logits, -1, rel_index).masked_fill_(outside, 0.0)
+        scores.masked_fill_(attn_mask == 0, -1e4)
         weights = self.drop(F.softmax(scores, dim=-1))
 
         out = torch.matmul(weights, value)
         # Sum the attention weights per relative offset, then mix the value embeddings with them.
         per_offset = torch.zeros(
             b, self.n_heads, t, 2 * self.window + 1, device=x.device, dtype=weights.dtype
-        ).scatter_add(-1, rel_index, weights.masked_fill(~in_window, 0.0))
+        ).scatter_add_(-1, rel_index, weights.masked_fill(outside, 0.0))
         out = out + torch.matmul(per_offset, self.emb_rel_v[0].to(per_offset.dtype))
         out = out.transpose(2, 3).reshape(b, c, t)
         return self.conv_o(out)

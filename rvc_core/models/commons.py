@@ -13,13 +13,33 @@ LRELU_SLOPE = 0.1  # leaky-ReLU slope used throughout the decoder and discrimina
 ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
 
+class WeightNorm(nn.Module):
+    """Weight norm over the output dim (dim 0) as a parametrization: weight = g * v / ||v||.
+
+    Eager mode runs torch's fused kernel, exactly like `nn.utils.parametrizations.weight_norm`.
+    Under torch.compile it is written out in plain ops: the fused kernel's backward insists on a
+    contiguous saved `v`, which inductor does not promise, and inductor fuses the plain ops anyway.
+    """
+
+    def forward(self, weight_g: Tensor, weight_v: Tensor) -> Tensor:
+        if torch.compiler.is_compiling():
+            dims = tuple(range(1, weight_v.dim()))
+            return weight_v * (weight_g / torch.linalg.vector_norm(weight_v, dim=dims, keepdim=True))
+        return torch._weight_norm(weight_v, weight_g, 0)
+
+    def right_inverse(self, weight: Tensor) -> tuple[Tensor, Tensor]:
+        return torch.norm_except_dim(weight, 2, 0), weight
+
+
 def weight_normed(module: ModuleT) -> ModuleT:
     """Weight norm over the output dim (dim 0), with the parametrization API.
 
-    Parameter names become `<module>.parametrizations.weight.original0/1`; `state_dict.py` maps them
-    to the legacy `weight_g` / `weight_v` names that RVC's files use.
+    Parameter names become `<module>.parametrizations.weight.original0/1` (g, v), as with
+    `nn.utils.parametrizations.weight_norm`; `state_dict.py` maps them to the legacy `weight_g` /
+    `weight_v` names that RVC's files use.
     """
-    return nn.utils.parametrizations.weight_norm(module, name="weight", dim=0)
+    nn.utils.parametrize.register_parametrization(module, "weight", WeightNorm(), unsafe=True)
+    return module
 
 
 def dilated_padding(kernel_size: int, dilation: int = 1) -> int:

@@ -119,6 +119,20 @@ class MultiPeriodDiscriminator(nn.Module):
             fake_fmaps.append([f[batch:] for f in fmap])
         return real_logits, fake_logits, real_fmaps, fake_fmaps
 
+    def features(self, y: Tensor) -> tuple[list[Tensor], list[list[Tensor]]]:
+        """y [B, 1, T] -> (logits, feature maps) of every discriminator, for one kind of input.
+
+        The generator step uses this to run the real audio under `no_grad` (its feature maps are
+        targets) apart from the generated audio, which halves the discriminator's backward pass there.
+        """
+        logits: list[Tensor] = []
+        fmaps: list[list[Tensor]] = []
+        for discriminator in self.discriminators:
+            one_logits, one_fmap = discriminator(y)
+            logits.append(one_logits)
+            fmaps.append(one_fmap)
+        return logits, fmaps
+
 
 def build_discriminator(version: str, *, preset: str = "full") -> MultiPeriodDiscriminator:
     """RVC's discriminator for `version`: 1 scale + 6 periods (v1) or 8 periods (v2)."""

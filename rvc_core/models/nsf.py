@@ -68,7 +68,10 @@ class SineSource(nn.Module):
         with torch.autocast(device_type=f0.device.type, enabled=False):
             excitation = self.excitation(f0, upsample)
             merged = F.linear(excitation, self.l_linear.weight.float(), self.l_linear.bias.float())
-            return torch.tanh(merged).transpose(1, 2)
+            # [B, N, 1] -> [B, 1, N] by reshape, not transpose: a transposed one-channel tensor has
+            # channels-last strides, which oneDNN then gives the noise convolutions' outputs too
+            # (and which torch.compile's shape checks reject).
+            return torch.tanh(merged).reshape(merged.shape[0], 1, -1)
 
 
 class HiFiGanDecoder(nn.Module):

@@ -38,6 +38,7 @@ UNHASHED_FIELDS: frozenset[str] = frozenset(
         "checkpoint_every_seconds",
         "max_nonfinite_steps",
         "tensorboard_dir",
+        "compile",
         "progress_bar",
         "deterministic",
     }
@@ -90,6 +91,10 @@ class TrainConfig:
     )
     deterministic: bool = field(
         default=False, metadata={"help": "deterministic kernels (bit-identical resume; slower on GPU)"}
+    )
+    compile: bool | None = field(
+        default=None,
+        metadata={"help": "torch.compile the networks; empty = where it wins (see docs/performance.md)"},
     )
 
     def __post_init__(self) -> None:

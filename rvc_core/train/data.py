@@ -136,11 +136,13 @@ class ResidentDataset:
     def seconds(self) -> float:
         return sum(self.frames) / 100.0
 
-    def collate(self, indices: Sequence[int]) -> Batch:
+    def collate(self, indices: Sequence[int], *, length_multiple: int = 1) -> Batch:
+        """The items padded to the longest, rounded up to `length_multiple` frames (a compiled step
+        sees few distinct shapes that way; the padding is masked like any other)."""
         import torch
 
         frames = [self.frames[i] for i in indices]
-        longest = max(frames)
+        longest = -(-max(frames) // length_multiple) * length_multiple
         # Batches assembled in host memory are pinned so the copy to the GPU does not block.
         pin = self.storage == "cpu" and self.device.startswith("cuda")
 

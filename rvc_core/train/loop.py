@@ -108,6 +108,7 @@ class _Run:
 
         from rvc_core.models import build_discriminator, build_generator
         from rvc_core.train.batch_size import choose_batch_size
+        from rvc_core.train.compiled import LENGTH_MULTIPLE, compile_trainee, compile_wins
         from rvc_core.train.precision import GuardedStepper, choose_precision
 
         self.config = config
@@ -143,6 +144,10 @@ class _Run:
         )
         self.sched_g = torch.optim.lr_scheduler.ExponentialLR(self.trainee.optim_g, gamma=LR_DECAY_PER_EPOCH)
         self.sched_d = torch.optim.lr_scheduler.ExponentialLR(self.trainee.optim_d, gamma=LR_DECAY_PER_EPOCH)
+        self.compiled = config.compile if config.compile is not None else compile_wins(device)
+        if self.compiled:
+            compile_trainee(self.trainee)
+        self._length_multiple = LENGTH_MULTIPLE if self.compiled else 1
         self.precision: Precision = choose_precision(device)
         self.stepper: GuardedStepper = GuardedStepper(self.precision, device)
         self.best_weights: dict[str, torch.Tensor] | None = None
@@ -276,7 +281,7 @@ class _Run:
         import torch
 
         try:
-            batch = self.train_set.collate(indices)
+            batch = self.train_set.collate(indices, length_multiple=self._length_multiple)
             return step_module.train_step(
                 self.trainee,
                 batch,

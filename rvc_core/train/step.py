@@ -92,7 +92,10 @@ def train_step(
     stepper.step(trainee.optim_d, trainee.d_params, d_ok)
 
     with precision.autocast():
-        _, fake_logits, real_fmaps, fake_fmaps = d(real, out.audio)
+        # Real feature maps are only targets: no graph for them, and no backward through D for them.
+        with torch.no_grad():
+            _, real_fmaps = d.features(real)
+        fake_logits, fake_fmaps = d.features(out.audio.to(real.dtype))
     with torch.autocast(precision.device_type, enabled=False):  # losses in fp32
         target_mel = slice_segments(batch.mel, out.ids_slice, frames)
         loss_mel = mel_reconstruction_loss(out.audio, target_mel, spec) * MEL_LOSS_WEIGHT
