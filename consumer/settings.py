@@ -128,6 +128,14 @@ class Settings:
         "against PUSH_SERVICE_ACCOUNT / TASKS_SERVICE_ACCOUNT; 401/403 otherwise",
         False,
     )
+    # --- slices and scratch (issue 9)
+    scratch_budget_bytes: int = env_field(
+        "SCRATCH_BUDGET_BYTES",
+        "bytes of WORK_ROOT kept for jobs this instance is not running (least recently used evicted "
+        "first); 0: 40 % of the memory limit (cgroup memory.max, else RAM), as Cloud Run's disk is memory",
+        0,
+    )
+    # --- end of slices and scratch (issue 9)
     port: int = env_field("PORT", "HTTP port", 8080)
     host: str = env_field("HOST", "interface to listen on (Cloud Run needs all: 0.0.0.0)", "0.0.0.0")
 
@@ -398,6 +406,7 @@ PARSERS: dict[str, Callable[[str], Any]] = {
     "messaging": _choice(MESSAGING_KINDS),
     "device": _choice(DEVICES),
     "port": _integer(1, 65535),
+    "scratch_budget_bytes": _integer(0, 2**50),  # slices and scratch (issue 9)
     # --- trust boundary (issue 9)
     "inbox_bucket": _inbox_bucket,
     "train_dataset_buckets": _bucket_list,

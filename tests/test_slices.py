@@ -342,7 +342,10 @@ def test_not_a_zip_fails_once_without_retries_and_writes_no_model(tmp_path: Path
     finals = stack.finals()
     assert [(f.kind, f.data["error"]["code"]) for f in finals] == [("failed", "not_a_zip")]
     assert len(trainer.calls) == 1
-    assert list((tmp_path / "stack" / "models").rglob("*.*")) == []
+    # No model; only the rejected dataset's full report, which the failed event links to.
+    written = list((tmp_path / "stack" / "models").rglob("*.*"))
+    assert [p.name for p in written] == ["report.json"]
+    assert finals[0].data["report_uri"].endswith(f"/notes/{finals[0].data['job_id']}/report.json")
 
 
 def test_invalid_metadata_fails_at_intake_without_training(tmp_path: Path, dataset: Path) -> None:
@@ -539,8 +542,17 @@ def test_malformed_event_is_acked_and_counted(tmp_path: Path) -> None:
     assert stack.client.get("/healthz").get_json()["counters"]["malformed_deliveries"] == 1
 
 
+def inbox_copy(stack: LocalStack, dataset: Path) -> Path:
+    """/train reads only under the local stack's root (the trust boundary): the dataset goes there."""
+    target = stack.root / "inbox" / "train" / dataset.name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(dataset.read_bytes())
+    return target
+
+
 def test_train_endpoint_runs_the_same_job_and_writes_output_zip(tmp_path: Path, dataset: Path) -> None:
     stack = make_stack(tmp_path / "stack")
+    dataset = inbox_copy(stack, dataset)
     output = f"file://{tmp_path / 'stack' / 'exports'}/alice-model.zip"
     answer = stack.client.post(
         "/train",
@@ -556,11 +568,167 @@ def test_train_endpoint_runs_the_same_job_and_writes_output_zip(tmp_path: Path, 
 
 def test_train_endpoint_rejects_bad_options_at_once(tmp_path: Path, dataset: Path) -> None:
     stack = make_stack(tmp_path / "stack")
+    dataset = inbox_copy(stack, dataset)
     answer = stack.client.post("/train", json={"dataset_url": f"file://{dataset}", "epochs": 99999})
     assert answer.status_code == 400 and answer.get_json()["error"]["code"] == "invalid_metadata"
 
 
 def test_train_endpoint_reports_a_missing_dataset(tmp_path: Path) -> None:
     stack = make_stack(tmp_path / "stack")
-    answer = stack.client.post("/train", json={"dataset_url": f"file://{tmp_path}/nope.zip"})
+    answer = stack.client.post("/train", json={"dataset_url": f"file://{stack.root}/inbox/nope.zip"})
     assert answer.status_code == 404
+
+
+# --- the slice knows when it no longer owns the job (issue 9) ---------------------------------------
+class ForgetfulTrainer(FakeTrainer):
+    """Loses its checkpoint before each call, as a work dir that is never restored would."""
+
+    def __call__(self, dataset_zip: Path, workdir: Path, *args: Any, **kwargs: Any) -> Any:
+        (Path(workdir) / "train" / "checkpoint.json").unlink(missing_ok=True)
+        return super().__call__(dataset_zip, workdir, *args, **kwargs)
+
+
+def test_paths_with_spaces_restore_the_checkpoint(tmp_path: Path, dataset: Path) -> None:
+    trainer = FakeTrainer(epochs_per_call=2)
+    stack = make_stack(tmp_path / "state folder", trainer, WORK_ROOT=str(tmp_path / "work root"))
+    stack.upload(dataset, "datasets/alice.zip", {"epochs": "5"})
+    # Each slice on a fresh instance: the work dir comes only from the state bucket.
+    scratch = tmp_path / "work root"
+    real = stack.services.slices._train  # type: ignore[union-attr]
+
+    def fresh_instance(s: Any, keeper: Any) -> Any:
+        import shutil
+
+        shutil.rmtree(scratch / s.job_id, ignore_errors=True)
+        return real(s, keeper)
+
+    stack.services.slices._train = fresh_instance  # type: ignore[union-attr,method-assign]
+    stack.run(timeout=60)
+    assert [c.resumed_epoch for c in trainer.calls] == [0, 2, 4]
+    assert [f.kind for f in stack.finals()] == ["succeeded"]
+
+
+def test_slices_without_progress_fail_the_job_with_no_progress(tmp_path: Path, dataset: Path) -> None:
+    trainer = ForgetfulTrainer(epochs_per_call=2)
+    stack = make_stack(tmp_path / "stack", trainer, MAX_CONSECUTIVE_FAILURES="3")
+    stack.upload(dataset, "datasets/alice.zip", {"epochs": "5"})
+    stack.run(timeout=60)
+    finals = stack.finals()
+    assert [(f.kind, f.data["error"]["code"]) for f in finals] == [("failed", "no_progress")]
+    assert len(trainer.calls) == 4  # one slice that moved, then three that did not
+
+
+def test_slice_whose_lease_renewals_failed_for_a_lease_writes_nothing(
+    tmp_path: Path, dataset: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from consumer.work.lease import LeaseKeeper
+
+    skew = [0.0]
+    trainer = FakeTrainer(epochs_per_call=2, on_epoch=lambda e: skew.__setitem__(0, 61.0))
+    stack = make_stack(tmp_path / "stack", trainer, LEASE_SECONDS="60")
+    stack.services.slices.deps.clock = lambda: time.time() + skew[0]  # type: ignore[union-attr]
+
+    def unreachable(self: Any) -> None:
+        raise TransientStorageError("state bucket unreachable")
+
+    monkeypatch.setattr(LeaseKeeper, "renew", unreachable)
+    job_id = accept_only(stack, dataset, {"epochs": "5"})
+    answer = post_token(stack, job_id, 0)
+    assert answer.status_code == 503 and answer.get_json()["outcome"] == "retry"
+    record = stack.services.records.get(job_id)
+    assert record is not None and record.seq == 0 and record.slices == 0
+    assert list((tmp_path / "stack" / "state" / "jobs" / job_id).glob("work/**/*.*")) == []
+
+
+def test_finalisation_checks_the_lease_in_the_same_compare_and_swap(tmp_path: Path, dataset: Path) -> None:
+    stack = make_stack(tmp_path / "stack", FakeTrainer(epochs_per_call=5))
+    job_id = accept_only(stack, dataset, {"epochs": "2"})
+
+    def taken_over(epoch: int) -> None:  # another owner took the job; our keeper has not noticed
+        if epoch == 2:
+            stack.services.records.update(
+                job_id, lambda r: setattr(r, "lease", Lease("other", time.time() + 600)) or True
+            )
+
+    stack.services.slices.deps.trainer.on_epoch = taken_over  # type: ignore[union-attr]
+    answer = post_token(stack, job_id, 0)
+    assert answer.get_json()["outcome"] == "lease_lost"
+    record = stack.services.records.get(job_id)
+    assert record is not None and record.status == "running" and record.lease.owner == "other"  # type: ignore[union-attr]
+    stack.bus.run_until_idle(timeout=10)
+    assert stack.finals(job_id) == []
+
+
+def test_storage_error_before_training_releases_the_lease(tmp_path: Path, dataset: Path) -> None:
+    stack = make_stack(tmp_path / "stack")
+    job_id = accept_only(stack, dataset, {"epochs": "2"})
+    records = stack.services.records
+
+    def unreachable(model_name: str) -> Any:
+        raise TransientStorageError("503")
+
+    records.newest = unreachable  # type: ignore[method-assign]
+    answer = post_token(stack, job_id, 0)
+    assert answer.status_code == 503
+    record = records.get(job_id)
+    assert record is not None and record.lease is None and record.consecutive_failures == 1
+
+
+def test_get_job_shows_the_stage_before_the_lease_is_renewed(tmp_path: Path, dataset: Path) -> None:
+    seen: list[Any] = []
+    stack = make_stack(tmp_path / "stack", LEASE_SECONDS="600")
+
+    def look(epoch: int) -> None:
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            shown = stack.services.records.get(job_id).to_json()  # what GET /jobs/<id> shows
+            if shown.get("progress", {}).get("stage"):
+                break
+            time.sleep(0.05)
+        seen.append(shown)
+
+    trainer = stack.services.slices.deps.trainer  # type: ignore[union-attr]
+    trainer.on_epoch = lambda e: look(e) if e == 1 else None
+    job_id = accept_only(stack, dataset, {"epochs": "2"})
+    post_token(stack, job_id, 0)
+    assert seen and seen[0]["progress"]["stage"] in ("extract", "features", "train")
+
+
+def test_train_jobs_of_one_generation_are_superseded_in_request_order(tmp_path: Path) -> None:
+    from consumer.jobs.records import JobRecords
+
+    records = JobRecords(open_store(f"file://{tmp_path}/state"), f"file://{tmp_path}/state")
+    source = SourceObject("file:///x/a.zip", "inbox", "a.zip", 7)
+    # The later request has the smaller job id: job-id order would keep the earlier one.
+    first = JobRecord("ffff000000000000", "alice", source, {}, created_at="2026-01-01T00:00:00.001Z")
+    later = JobRecord("0000ffff00000000", "alice", source, {}, created_at="2026-01-01T00:00:00.002Z")
+    for record in (first, later):
+        records.create(record)
+        records.claim_newest("alice", record.job_id, 7)
+    assert records.newest("alice")["job_id"] == later.job_id  # type: ignore[index]
+    assert records.claim_newest("alice", first.job_id, 7) is False
+
+
+def test_the_upload_is_removed_once_extracted(tmp_path: Path, dataset: Path) -> None:
+    from rvc_core.layout import WorkDir
+
+    class ExtractingTrainer(FakeTrainer):
+        def __call__(self, dataset_zip: Path, workdir: Path, *args: Any, **kwargs: Any) -> Any:
+            marker = WorkDir(Path(workdir)).stage_marker("extract")
+            if not marker.exists():
+                assert Path(dataset_zip).exists()
+                marker.parent.mkdir(parents=True, exist_ok=True)
+                marker.write_text("{}")
+            return super().__call__(dataset_zip, workdir, *args, **kwargs)
+
+        def _prepare(self, dataset_zip: Path, workdir: Path, emit: Any) -> Any:
+            return {"files_used": 1}
+
+    stack = make_stack(tmp_path / "stack", ExtractingTrainer(epochs_per_call=1))
+    job_id = accept_only(stack, dataset, {"epochs": "3"})
+    assert post_token(stack, job_id, 0).get_json()["outcome"] == "advanced"
+    local = tmp_path / "stack" / "scratch" / job_id
+    assert not (local / "dataset.zip").exists()
+    assert json.loads((local / "dataset.json").read_text())["generation"] > 0
+    assert post_token(stack, job_id, 1).get_json()["outcome"] == "advanced"
+    assert not (local / "dataset.zip").exists()  # not downloaded again

@@ -178,9 +178,10 @@ class JobRecords:
         return json.loads(data)
 
     def claim_newest(self, model_name: str, job_id: str, generation: int) -> bool:
-        """Makes `job_id` the model's newest upload unless a newer generation already is."""
+        """Makes `job_id` the model's newest upload unless a newer one already is (`is_newer`)."""
         uri = self.newest_uri(model_name)
-        payload = json.dumps({"job_id": job_id, "generation": generation}).encode()
+        mine = {"job_id": job_id, "generation": generation, "created_at": self._created_at(job_id)}
+        payload = json.dumps(mine).encode()
         for _ in range(CAS_ATTEMPTS):
             try:
                 data, current_generation = self.store.read_bytes(uri)
@@ -190,7 +191,7 @@ class JobRecords:
                 current = json.loads(data)
                 if current["job_id"] == job_id:
                     return True
-                if (int(current["generation"]), current["job_id"]) > (generation, job_id):
+                if self.is_newer(current, mine):
                     return False
             try:
                 self.store.write_bytes(
@@ -200,6 +201,20 @@ class JobRecords:
             except PreconditionFailed:
                 continue
         raise PreconditionFailed(f"model {model_name}: {CAS_ATTEMPTS} concurrent updates in a row")
+
+    def is_newer(self, a: dict[str, Any], b: dict[str, Any]) -> bool:
+        """Whether upload `a` (`{job_id, generation, created_at?}`) is newer than `b`: the higher
+        object generation; for one generation (`POST /train` jobs of the same object with other
+        options) the later request (`created_at`), then the job id."""
+        return self._order(a) > self._order(b)
+
+    def _order(self, entry: dict[str, Any]) -> tuple[int, str, str]:
+        created = entry.get("created_at") or self._created_at(str(entry["job_id"]))
+        return int(entry["generation"]), created, str(entry["job_id"])
+
+    def _created_at(self, job_id: str) -> str:
+        record = self.get(job_id)
+        return record.created_at if record is not None else ""
 
 
 def _encode(record: JobRecord) -> bytes:

@@ -32,6 +32,16 @@ EVENT_TYPES: dict[ResultKind, str] = {
 FINAL_KINDS: frozenset[str] = frozenset({"succeeded", "failed"})
 CE_PREFIX = "ce-"
 
+# Every result's data stays under this many bytes, far below Pub/Sub's 10 MB per message: a dataset
+# report can list thousands of entries with names of any length, so events carry a bounded summary
+# (long strings cut, long lists truncated with their full count beside them) and the full report is
+# `report.json` beside the model (`artifacts.report`). An error message is capped on its own too.
+MAX_EVENT_BYTES = 256 * 1024
+MAX_ERROR_MESSAGE_CHARS = 2000
+MAX_ATTRIBUTE_BYTES = 1024  # Pub/Sub's limit for an attribute value
+# (longest string, most list items) tried in turn until the event fits.
+SUMMARY_LEVELS: tuple[tuple[int, int], ...] = ((2000, 50), (500, 20), (120, 5), (40, 0))
+
 
 def event_source(project: str) -> str:
     return f"//rvc-trainer.{project}/consumer"
@@ -54,11 +64,75 @@ def event_data(kind: ResultKind, record: JobRecord, extra: Mapping[str, Any] | N
     if kind == "succeeded":
         data.update(artifacts=record.artifacts, metrics=record.metrics, dataset_report=record.dataset_report)
     if kind == "failed":
-        data.update(error=record.error, dataset_report=record.dataset_report)
+        data.update(error=capped_error(record.error), dataset_report=record.dataset_report)
+        if record.artifacts.get("report"):
+            data["artifacts"] = {"report": record.artifacts["report"]}
         if record.superseded_by:
             data["superseded_by"] = record.superseded_by
+    if kind in FINAL_KINDS and record.artifacts.get("report"):
+        data["report_uri"] = record.artifacts["report"]
     data.update(extra or {})
-    return data
+    return bounded_data(data)
+
+
+def capped_error(error: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The error with its message cut to MAX_ERROR_MESSAGE_CHARS."""
+    if error is None:
+        return None
+    out = dict(error)
+    if isinstance(out.get("message"), str):
+        out["message"] = cap_string(out["message"], MAX_ERROR_MESSAGE_CHARS)
+    return out
+
+
+def cap_string(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… ({len(text) - limit} more characters)"
+
+
+def summarised(
+    value: Any, *, max_chars: int = SUMMARY_LEVELS[0][0], max_items: int = SUMMARY_LEVELS[0][1]
+) -> Any:
+    """`value` with strings cut to `max_chars` and lists (and dicts) to `max_items` entries. A
+    truncated list under key `k` of a dict gets `k_total` (its full length) beside it."""
+    if isinstance(value, str):
+        return cap_string(value, max_chars)
+    if isinstance(value, list | tuple):
+        return [summarised(v, max_chars=max_chars, max_items=max_items) for v in value[:max_items]]
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        items = list(value.items())
+        for key, item in items[: max(max_items, 16)]:  # a report's own keys are never cut
+            key = cap_string(str(key), max_chars)
+            out[key] = summarised(item, max_chars=max_chars, max_items=max_items)
+            if isinstance(item, list | tuple) and len(item) > max_items:
+                out[f"{key}_total"] = len(item)
+        if len(items) > max(max_items, 16):
+            out["keys_total"] = len(items)
+        return out
+    return value
+
+
+def event_bytes(data: Mapping[str, Any]) -> int:
+    return len(json.dumps(data, sort_keys=True, default=str).encode("utf-8"))
+
+
+def bounded_data(data: dict[str, Any], limit: int = MAX_EVENT_BYTES) -> dict[str, Any]:
+    """`data` itself when it fits in `limit` bytes, else summarised more and more until it does;
+    at worst only the job's identity, its status, its error and `"truncated": true`."""
+    if event_bytes(data) <= limit:
+        return data
+    for max_chars, max_items in SUMMARY_LEVELS:
+        smaller = summarised(data, max_chars=max_chars, max_items=max_items)
+        smaller["truncated"] = True
+        if event_bytes(smaller) <= limit:
+            return smaller
+    core = {k: data[k] for k in ("job_id", "status", "report_uri") if k in data}
+    core.update(model_name=cap_string(str(data.get("model_name", "")), 200), truncated=True)
+    if data.get("error"):
+        core["error"] = summarised(data["error"], max_chars=500, max_items=5)
+    return core
 
 
 def event_id(kind: ResultKind, record: JobRecord, extra_id: str = "") -> str:
@@ -101,8 +175,14 @@ def result_message(
     }
     attributes["content-type"] = "application/json"
     attributes.update(job_id=record.job_id, model_name=record.model_name, status=record.status)
+    attributes = {k: _cap_bytes(v, MAX_ATTRIBUTE_BYTES) for k, v in attributes.items()}
     body = json.dumps(event.get_data(), sort_keys=True, default=str).encode("utf-8")
     return ResultMessage(body, attributes)
+
+
+def _cap_bytes(text: str, limit: int) -> str:
+    data = text.encode("utf-8")
+    return text if len(data) <= limit else data[:limit].decode("utf-8", "ignore")
 
 
 class Results:

@@ -11,27 +11,46 @@ from consumer.jobs.records import JobRecord, JobRecords, Lease
 from consumer.logs import log
 
 logger = logging.getLogger(__name__)
+# A new stage or epoch is written into the record at once (so `GET /jobs/<id>` shows it), but at
+# most once per this many seconds: each write is one compare-and-swap of the record.
+PROGRESS_WRITE_SECONDS = 5.0
 
 
 class LeaseKeeper:
     """Renews the job's lease every third of its life, carrying the latest progress into the record.
 
     If a renewal finds the lease gone (it expired and another owner took the job), `lost` is set and
-    the slice stops at its next clean point without advancing the job.
+    the slice stops at its next clean point without advancing the job. `owns()` says whether the
+    last successful renewal is younger than the lease: a slice whose renewals failed for a whole
+    lease may have lost the job without knowing it, and must write nothing more.
     """
 
     def __init__(
-        self, records: JobRecords, job_id: str, owner: str, ttl: float, clock: Callable[[], float]
+        self,
+        records: JobRecords,
+        job_id: str,
+        owner: str,
+        ttl: float,
+        clock: Callable[[], float],
+        *,
+        renewed_at: float | None = None,
+        progress_interval: float = PROGRESS_WRITE_SECONDS,
     ) -> None:
         self.records = records
         self.job_id = job_id
         self.owner = owner
         self.ttl = ttl
         self.clock = clock
+        self.progress_interval = progress_interval
         self.lost = threading.Event()
+        self.renewed_at = clock() if renewed_at is None else renewed_at  # last successful renewal
         self._done = threading.Event()
+        self._wake = threading.Event()
+        self._lock = threading.Lock()
         self._progress: dict[str, Any] | None = None
         self._stage: str | None = None
+        self._written: tuple[str | None, Any] = (None, None)  # (stage, epoch) last written
+        self._written_at = float("-inf")
         self._thread = threading.Thread(target=self._run, name=f"lease-{job_id}", daemon=True)
 
     def __enter__(self) -> LeaseKeeper:
@@ -40,28 +59,53 @@ class LeaseKeeper:
 
     def __exit__(self, *exc: object) -> None:
         self._done.set()
+        self._wake.set()
         self._thread.join(timeout=self.ttl)
 
+    def owns(self) -> bool:
+        """True while the job is surely ours: not lost, and renewed less than a lease ago."""
+        return not self.lost.is_set() and self.clock() - self.renewed_at < self.ttl
+
     def note_progress(self, stage: str, progress: dict[str, Any]) -> None:
-        self._stage, self._progress = stage, progress
+        """Keeps the latest numbers for the next renewal; a new stage or epoch brings the renewal
+        forward (at most one write per `progress_interval`), so `GET /jobs/<id>` shows it soon."""
+        with self._lock:
+            self._stage, self._progress = stage, progress
+            changed = (stage, progress.get("epoch")) != self._written
+        if changed:
+            self._wake.set()
 
     def _run(self) -> None:
-        while not self._done.wait(self.ttl / 3):
+        while True:
+            woken = self._wake.wait(self.ttl / 3)
+            self._wake.clear()
+            if self._done.is_set():
+                return
+            wait = self._written_at + self.progress_interval - self.clock()
+            if woken and wait > 0 and self._done.wait(min(wait, self.ttl / 3)):  # rate limit
+                return
             try:
                 self.renew()
             except Exception as err:  # a failed renewal is retried at the next beat; expiry decides
                 log(logger, logging.WARNING, "lease renewal failed", job_id=self.job_id, error=repr(err))
 
     def renew(self) -> None:
-        stage, progress = self._stage, self._progress
+        with self._lock:
+            stage, progress = self._stage, self._progress
+        attempted = self.clock()
 
         def extend(r: JobRecord) -> bool:
             if r.lease is None or r.lease.owner != self.owner:
                 self.lost.set()
                 return False
-            r.lease = Lease(self.owner, self.clock() + self.ttl)
+            r.lease = Lease(self.owner, attempted + self.ttl)
             if progress is not None:
                 r.stage, r.progress = stage or r.stage, progress
             return True
 
         self.records.update(self.job_id, extend)
+        if not self.lost.is_set():
+            self.renewed_at = attempted
+            with self._lock:
+                self._written = (stage, progress.get("epoch") if progress else None)
+                self._written_at = attempted

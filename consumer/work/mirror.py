@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import unquote
 
 if TYPE_CHECKING:
     from consumer.adapters.storage import ObjectInfo, ObjectStore
@@ -37,7 +38,7 @@ class WorkdirMirror:
     def restore(self) -> int:
         """Brings the local dir to the remote state; returns the number of files downloaded."""
         state = self._load_state()
-        remote = {info.uri[len(self.remote_prefix) :]: info for info in self.store.list(self.remote_prefix)}
+        remote = {self._relative(info.uri): info for info in self.store.list(self.remote_prefix)}
         for rel in set(self._local_files()) - set(remote):
             (self.local_dir / rel).unlink()
             state.pop(rel, None)
@@ -90,6 +91,18 @@ class WorkdirMirror:
         with ThreadPoolExecutor(SYNC_THREADS) as pool:
             list(pool.map(self.store.delete, uris))
         return len(uris)
+
+    def _relative(self, uri: str) -> str:
+        """An object's path under the remote prefix. `file://` URIs come back from a listing
+        percent-encoded (`a%20b`) while the prefix may be written plainly (`a b`): compare both
+        decoded, or a path with a space never matches and the work dir is never restored."""
+        if uri.startswith(self.remote_prefix):
+            return uri[len(self.remote_prefix) :]
+        if uri.startswith("file://"):
+            decoded, prefix = unquote(uri), unquote(self.remote_prefix)
+            if decoded.startswith(prefix):
+                return decoded[len(prefix) :]
+        raise ValueError(f"{uri} is not under {self.remote_prefix}")
 
     def _local_files(self) -> list[str]:
         if not self.local_dir.exists():

@@ -28,13 +28,14 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from consumer.errors import SLICE_FAILED, SLICE_LOST, NotFound, PreconditionFailed, Superseded
 from consumer.jobs.records import JobRecord, JobRecords, Lease, job_id_for, source_key
-from consumer.jobs.results import Results, final_kind, publish_once
+from consumer.jobs.results import ResultKind, Results, final_kind, publish_once, summarised
 from consumer.jobs.waiting import WaitingLine
 from consumer.logs import log
 from consumer.work.artifacts import publish_artifacts
 from consumer.work.lease import LeaseKeeper
 from consumer.work.mirror import WorkdirMirror
 from consumer.work.progress import ProgressReporter, progress_numbers
+from consumer.work.scratch import ScratchSpace, default_budget
 from consumer.work.timings import Stopwatch
 from consumer.work.tokens import WorkQueue, WorkToken
 from rvc_core.errors import RvcError
@@ -46,6 +47,12 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 HISTORY_LENGTH = 50  # slices kept in a record's history
+NO_PROGRESS = "no_progress"  # error code: slices advance but no stage finishes and no step is trained
+DATASET_MARKER = "dataset.json"  # beside the job's work dir once the zip was extracted and removed
+
+
+class FinalNotPublished(Exception):
+    """The job is final but its final result could not be published (yet): answer "retry later"."""
 
 
 # --- the trainer and the slice --------------------------------------------------------------------
@@ -195,6 +202,8 @@ class SliceRunner:
     def __init__(self, deps: SliceDeps) -> None:
         self.deps = deps
         self._busy = threading.Lock()
+        budget = deps.settings.scratch_budget_bytes or default_budget()
+        self.scratch = ScratchSpace(Path(deps.settings.work_root), budget)
 
     def run(self, token: WorkToken) -> SliceAnswer:
         received = self.deps.monotonic()
@@ -221,31 +230,55 @@ class SliceRunner:
         except NotFound:
             return SliceAnswer("unknown_job", "no record for this job", token.job_id, token.seq)
         if decision == "final":
-            # Its final result may have been cut by a crash: publish it unless another delivery is.
-            if publish_once(d.results, d.records, record, final_kind(record)) is None:
-                return SliceAnswer(
-                    "busy", "another delivery is publishing the final result", token.job_id, token.seq
-                )
-            return SliceAnswer("stale", f"job already {record.status}", token.job_id, token.seq)
+            return self._redelivered_final(token, record)
         if decision == "started":
             self._announce_start(record)
         elif decision != "taken":
             return SliceAnswer(decision, _DECISION_DETAIL[decision], token.job_id, token.seq)
         s = _Slice(token, record, d.clock(), int(record.progress.get("epoch") or 0), deadline, watch)
         log(logger, logging.INFO, "slice started", job_id=s.job_id, seq=token.seq, owner=d.owner)
-        if record.consecutive_failures >= d.settings.max_consecutive_failures:
-            return self._fail(
-                s, record.error or _error(record.stage, SLICE_FAILED, "too many failures", True)
-            )
-        with watch.part("newer_upload"):
-            newer = self._newer_upload(record)
-        if newer is not None:
-            return self._supersede(
-                s, f"a newer upload of {record.model_name} (job {newer}) replaced it", newer
-            )
         try:
-            with LeaseKeeper(d.records, s.job_id, d.owner, d.settings.lease_seconds, d.clock) as keeper:
+            return self._leased(s)
+        except FinalNotPublished as err:
+            return s.answer("retry", str(err))
+
+    def _redelivered_final(self, token: WorkToken, record: JobRecord) -> SliceAnswer:
+        """A token of a final job: its final result may have been cut by a crash or a failed publish:
+        publish it unless another delivery is; its work files go in any case."""
+        try:
+            published = self._publish_final(record, claimed=False)
+        except FinalNotPublished as err:
+            return SliceAnswer("retry", str(err), token.job_id, token.seq)
+        finally:
+            self._forget_work(record.job_id)
+        if published is None:
+            return SliceAnswer(
+                "busy", "another delivery is publishing the final result", token.job_id, token.seq
+            )
+        return SliceAnswer("stale", f"job already {record.status}", token.job_id, token.seq)
+
+    def _leased(self, s: _Slice) -> SliceAnswer:
+        """The slice once it holds the lease: any error from here on releases the lease (counted)."""
+        d, record = self.deps, s.record
+        try:
+            if record.consecutive_failures >= d.settings.max_consecutive_failures:
+                return self._fail(
+                    s, record.error or _error(record.stage, SLICE_FAILED, "too many failures", True)
+                )
+            with s.watch.part("newer_upload"):
+                newer = self._newer_upload(record)
+            if newer is not None:
+                return self._supersede(
+                    s, f"a newer upload of {record.model_name} (job {newer}) replaced it", newer
+                )
+            taken_at = record.lease.expires_at - d.settings.lease_seconds if record.lease else None
+            keeper = LeaseKeeper(
+                d.records, s.job_id, d.owner, d.settings.lease_seconds, d.clock, renewed_at=taken_at
+            )
+            with keeper:
                 return self._train(s, keeper)
+        except FinalNotPublished:
+            raise
         except Superseded as sup:
             return self._supersede(s, str(sup), sup.newer_job)
         except RvcError as err:
@@ -253,19 +286,20 @@ class SliceRunner:
                 return self._count_failure(s, _error_of(err, record.stage))
             return self._fail(s, _error_of(err, record.stage), dataset_report=self._report(s.job_id))
         except Exception as err:  # a bug or the machine (out of memory, a dead GPU): retried, counted
-            logger.exception("slice crashed", extra={"fields": {"job_id": s.job_id, "seq": token.seq}})
+            logger.exception("slice crashed", extra={"fields": {"job_id": s.job_id, "seq": s.token.seq}})
             return self._count_failure(s, _error(record.stage, SLICE_FAILED, repr(err), True))
 
     def _train(self, s: _Slice, keeper: LeaseKeeper) -> SliceAnswer:
         d = self.deps
+        self.scratch.use(s.job_id)  # evicts other jobs' scratch folders past the budget
         local = self._local_dir(s.job_id)
         workdir, outdir = local / "work", local / "out"
-        with s.watch.part("dataset"):
-            dataset = self._dataset(s.record, local / "dataset.zip")
         state_store = d.store_for(d.records.state_url)
         mirror = WorkdirMirror(state_store, f"{d.records.job_prefix(s.job_id)}/work", workdir)
         with s.watch.part("restore"):
             mirror.restore()
+        with s.watch.part("dataset"):
+            dataset = self._dataset(s.record, local / "dataset.zip", workdir)
         shutil.rmtree(outdir, ignore_errors=True)
         reporter = ProgressReporter(d.results, s.record, keeper, d.settings.progress_every_epochs, s.watch)
         from rvc_core.jobspec import JobEnvironment
@@ -275,28 +309,63 @@ class SliceRunner:
             pretrained=d.settings.rvc_pretrained,
             device=d.settings.resolved_device(),
         )
+        milestones, position = _milestones(workdir), _position_of(s.record)  # the reporter updates s.record
         started, progress_before = s.watch.clock(), s.watch.seconds("progress")
-        progress = d.trainer(
-            dataset, workdir, outdir, _job_spec(s.record), environment, deadline=s.deadline,
-            should_stop=lambda: d.stop.is_set() or keeper.lost.is_set(), progress=reporter,
-        )  # fmt: skip
+        try:
+            progress = d.trainer(
+                dataset, workdir, outdir, _job_spec(s.record), environment, deadline=s.deadline,
+                should_stop=lambda: d.stop.is_set() or not keeper.owns(), progress=reporter,
+            )  # fmt: skip
+        finally:
+            self._drop_extracted_upload(s.record, dataset, workdir)
         publishing = s.watch.seconds("progress") - progress_before
         s.watch.add("run_job", s.watch.clock() - started - publishing)
-        if keeper.lost.is_set():
-            return s.answer("lease_lost", "another owner took the job over")
+        if (stopped := self._not_owner(s, keeper)) is not None:
+            return stopped
         if progress.status == "finished":
             with s.watch.part("artifacts"):
-                artifacts = publish_artifacts(
-                    d.store_for, d.settings.models_url, s.record, progress.artifacts
-                )
+                files = self._with_report(dict(progress.artifacts), progress.dataset_report, outdir)
+                artifacts = publish_artifacts(d.store_for, d.settings.models_url, s.record, files)
+            if (stopped := self._not_owner(s, keeper)) is not None:
+                return stopped
             return self._succeed(s, progress, artifacts)
         with s.watch.part("sync"):
             mirror.sync()
-        return self._advance(s, progress)
+        if (stopped := self._not_owner(s, keeper)) is not None:
+            return stopped
+        moved = _milestones(workdir) != milestones or _position(progress) != position
+        return self._advance(s, progress, moved=moved or d.stop.is_set())
 
-    def _dataset(self, record: JobRecord, path: Path) -> Path:
-        """The upload, downloaded once per instance; a different generation means a newer upload."""
-        if path.exists():
+    def _not_owner(self, s: _Slice, keeper: LeaseKeeper) -> SliceAnswer | None:
+        """Why this slice must write nothing more, or None while it surely holds the job."""
+        if keeper.lost.is_set():
+            return s.answer("lease_lost", "another owner took the job over")
+        if not keeper.owns():
+            age = self.deps.clock() - keeper.renewed_at
+            # Not known to be lost: answer "retry", so the queue delivers the token again; the
+            # retry takes the expired lease (a counted failure) or finds the job moved on.
+            return s.answer(
+                "retry", f"lease last renewed {age:.0f} s ago (lease {keeper.ttl:g} s): stopped unwritten"
+            )
+        return None
+
+    def _with_report(
+        self, files: dict[str, Path], dataset_report: dict[str, Any] | None, outdir: Path
+    ) -> dict[str, Path]:
+        """The model files plus `report.json` (the full dataset report), written when the trainer
+        did not write one itself: events carry a summary and link to it."""
+        if "report" not in files and dataset_report is not None:
+            from rvc_core.atomic import write_json
+
+            path = outdir / "report.json"
+            write_json(path, {"dataset": dataset_report})
+            files["report"] = path
+        return files
+
+    def _dataset(self, record: JobRecord, path: Path, workdir: Path) -> Path:
+        """The upload, downloaded once per instance; a different generation means a newer upload.
+        Not downloaded at all once the work dir holds its extracted audio (rvc_core's `extract`)."""
+        if path.exists() or _extracted(workdir):
             return path
         # A deleted upload raises NotFound: a permanent failure of this job.
         info = self.deps.store_for(record.source.uri).download_file(record.source.uri, path)
@@ -306,11 +375,31 @@ class SliceRunner:
             raise Superseded(f"the upload was replaced by generation {info.generation}", newer)
         return path
 
+    def _drop_extracted_upload(self, record: JobRecord, dataset: Path, workdir: Path) -> None:
+        """Once rvc_core extracted the zip's audio into the work dir, the zip is a second raw copy of
+        the dataset in scratch (memory on Cloud Run): remove it, keeping a marker of what it was."""
+        if not dataset.exists() or not _extracted(workdir):
+            return
+        from rvc_core.atomic import write_json
+
+        write_json(
+            dataset.parent / DATASET_MARKER,
+            {"uri": record.source.uri, "generation": record.source.generation,
+             "bytes": dataset.stat().st_size, "removed": "extracted into work/extract"},
+        )  # fmt: skip
+        dataset.unlink(missing_ok=True)
+
     def _newer_upload(self, record: JobRecord) -> str | None:
-        newest = self.deps.records.newest(record.model_name)
+        records = self.deps.records
+        newest = records.newest(record.model_name)
         if newest is None or newest["job_id"] == record.job_id:
             return None
-        if (int(newest["generation"]), newest["job_id"]) > (record.source.generation, record.job_id):
+        mine = {
+            "job_id": record.job_id,
+            "generation": record.source.generation,
+            "created_at": record.created_at,
+        }
+        if records.is_newer(newest, mine):  # request order for /train jobs of one generation
             return str(newest["job_id"])
         return None
 
@@ -352,8 +441,18 @@ class SliceRunner:
         except Exception as err:  # informative only: the slice goes on
             log(logger, logging.WARNING, "start announcement failed", job_id=record.job_id, error=repr(err))
 
-    def _advance(self, s: _Slice, progress: Any) -> SliceAnswer:
+    def _advance(self, s: _Slice, progress: Any, *, moved: bool = True) -> SliceAnswer:
+        """Queues the next token and advances the record. A slice that `moved` nothing (no stage
+        finished, no training step) counts as a failure: a job that never moves ends `no_progress`."""
         d = self.deps
+        stuck = None if moved else _error(
+            progress.stage, NO_PROGRESS,
+            f"slice {s.token.seq} ended at {progress.stage} epoch {progress.epoch} step {progress.step}, "
+            "where the previous one did: the work dir is not being kept between slices",
+            True,
+        )  # fmt: skip
+        if stuck is not None and s.record.consecutive_failures + 1 >= d.settings.max_consecutive_failures:
+            return self._fail(s, {**stuck, "retryable": False})
         # The next task is queued first: if this process dies now, this task is retried and the slice
         # re-runs (its re-queue of the next task is refused by name); the other order could lose the
         # job (record advanced, no task in the queue).
@@ -364,15 +463,15 @@ class SliceRunner:
         def advance(r: JobRecord) -> bool:
             if r.lease is None or r.lease.owner != d.owner or r.seq != s.token.seq:
                 return False
-            s.note(r, "advanced", d.clock(), progress.epoch)
+            s.note(r, "advanced" if stuck is None else f"error: {NO_PROGRESS}", d.clock(), progress.epoch)
             r.seq += 1
             r.lease = None
             r.slices += 1
-            r.consecutive_failures = 0
-            r.error = None
+            r.consecutive_failures = 0 if stuck is None else r.consecutive_failures + 1
+            r.error = stuck
             r.stage = progress.stage
             r.progress = progress_numbers(progress)
-            r.dataset_report = progress.dataset_report or r.dataset_report
+            r.dataset_report = _summary(progress.dataset_report) or r.dataset_report
             advanced[0] = True
             return True
 
@@ -388,24 +487,49 @@ class SliceRunner:
             r.slices += 1
             r.artifacts = artifacts
             r.metrics = dict(progress.metrics)
-            r.dataset_report = progress.dataset_report or r.dataset_report
+            r.dataset_report = _summary(progress.dataset_report) or r.dataset_report
             r.progress = progress_numbers(progress)
             r.stage = "done"
             r.error = None
 
         final = self._finalise(s, "succeeded", finish)
+        if final is None:
+            return s.answer("lease_lost", "the lease was taken over before the job was finalised")
         return s.answer("finished", f"job {final.status}")
 
     def _fail(
         self, s: _Slice, error: dict[str, Any], *, dataset_report: dict[str, Any] | None = None
     ) -> SliceAnswer:
+        report_uri = self._upload_report(s.record, dataset_report) if dataset_report else None
+
         def fail(r: JobRecord) -> None:
             s.note(r, "failed", self.deps.clock())
             r.error = error
-            r.dataset_report = dataset_report or r.dataset_report
+            r.dataset_report = _summary(dataset_report) or r.dataset_report
+            if report_uri:
+                r.artifacts = {**r.artifacts, "report": report_uri}
 
-        self._finalise(s, "failed", fail)
-        return s.answer("failed", f"{error['code']}: {error['message']}")
+        if self._finalise(s, "failed", fail) is None:
+            return s.answer("lease_lost", "the lease was taken over before the job was failed")
+        return s.answer("failed", f"{error['code']}: {error['message'][:500]}")
+
+    def _upload_report(self, record: JobRecord, report: dict[str, Any]) -> str | None:
+        """A rejected dataset's full report → `MODELS/<model>/<job_id>/report.json` (the event links it)."""
+        uri = f"{self.deps.settings.models_url}/{record.model_name}/{record.job_id}/report.json"
+        try:
+            self.deps.store_for(uri).write_bytes(
+                uri, json.dumps({"dataset": report}, indent=1).encode(), content_type="application/json"
+            )
+        except Exception as err:  # the summary in the event still says what went wrong
+            log(
+                logger,
+                logging.WARNING,
+                "could not upload the dataset report",
+                job_id=record.job_id,
+                error=repr(err),
+            )
+            return None
+        return uri
 
     def _supersede(self, s: _Slice, message: str, newer_job: str | None) -> SliceAnswer:
         def supersede(r: JobRecord) -> None:
@@ -413,21 +537,23 @@ class SliceRunner:
             r.error = _error(r.stage, Superseded.code, message, False)
             r.superseded_by = newer_job
 
-        self._finalise(s, "superseded", supersede)
+        if self._finalise(s, "superseded", supersede) is None:
+            return s.answer("lease_lost", "the lease was taken over before the job was superseded")
         return s.answer("superseded", message)
 
-    def _finalise(self, s: _Slice, status: str, change: Callable[[JobRecord], None]) -> JobRecord:
-        """Moves the job to a final status (once), publishes its one final result, drops its work files."""
+    def _finalise(self, s: _Slice, status: str, change: Callable[[JobRecord], None]) -> JobRecord | None:
+        """Moves the job to a final status (once), publishes its one final result, drops its work files.
+        None: this slice no longer holds the job (the compare-and-swap checks the lease and the seq)."""
         with s.watch.part("finalise"):
-            return self._move_to_final(s.job_id, status, change)
+            return self._move_to_final(s, status, change)
 
-    def _move_to_final(self, job_id: str, status: str, change: Callable[[JobRecord], None]) -> JobRecord:
+    def _move_to_final(self, s: _Slice, status: str, change: Callable[[JobRecord], None]) -> JobRecord | None:
         d = self.deps
         moved = [False]
 
         def apply(r: JobRecord) -> bool:
             moved[0] = False
-            if r.is_final:
+            if r.is_final or r.lease is None or r.lease.owner != d.owner or r.seq != s.token.seq:
                 return False
             change(r)
             r.status = status  # type: ignore[assignment]
@@ -436,11 +562,44 @@ class SliceRunner:
             moved[0] = True
             return True
 
-        record = d.records.update(job_id, apply)
-        published = publish_once(d.results, d.records, record, final_kind(record), claimed=moved[0])
-        d.line.leave(record)
-        self._forget_work(job_id)
+        record = d.records.update(s.job_id, apply)
+        if not moved[0] and not record.is_final:
+            return None  # another owner holds the job now: it finishes it
+        try:
+            published = self._publish_final(record, claimed=moved[0])
+            d.line.leave(record)
+        finally:
+            self._forget_work(s.job_id)
         return published or record
+
+    def _publish_final(self, record: JobRecord, *, claimed: bool) -> JobRecord | None:
+        """publish_once for the final result. A failed publish gives the claim back and raises
+        FinalNotPublished: the job keeps its status and the token is retried until the result is out."""
+        d, kind = self.deps, final_kind(record)
+        try:
+            return publish_once(d.results, d.records, record, kind, claimed=claimed)
+        except Exception as err:
+            log(
+                logger,
+                logging.ERROR,
+                "final result not published",
+                job_id=record.job_id,
+                kind=kind,
+                error=repr(err),
+            )
+            try:
+                d.records.update(record.job_id, _release_claim(kind))
+            except Exception as release_err:  # the claim then expires on its own (CLAIM_SECONDS)
+                log(
+                    logger,
+                    logging.WARNING,
+                    "claim not released",
+                    job_id=record.job_id,
+                    error=repr(release_err),
+                )
+            raise FinalNotPublished(
+                f"job {record.status}; its {kind} result is not published yet: {err!r}"[:2000]
+            ) from err
 
     def _count_failure(self, s: _Slice, error: dict[str, Any]) -> SliceAnswer:
         d = self.deps
@@ -450,7 +609,8 @@ class SliceRunner:
             if r.lease is None or r.lease.owner != d.owner or r.seq != s.token.seq:
                 return False
             s.note(r, f"error: {error['code']}", d.clock())
-            r.lease = None
+            if r.consecutive_failures + 1 < d.settings.max_consecutive_failures:
+                r.lease = None  # at the limit the lease is kept: this slice fails the job next
             r.consecutive_failures += 1
             r.error = error
             counted[0] = r.consecutive_failures
@@ -465,7 +625,7 @@ class SliceRunner:
 
     def _local_dir(self, job_id: str) -> Path:
         """This instance's scratch folder of one job: the upload, `work/`, `out/` and `sync.json`."""
-        return Path(self.deps.settings.work_root) / job_id
+        return self.scratch.folder(job_id)
 
     def _report(self, job_id: str) -> dict[str, Any] | None:
         """The dataset report rvc_core writes even when it rejects a dataset."""
@@ -480,7 +640,7 @@ class SliceRunner:
         """Stage outputs and checkpoints are no use once a job is final; the record stays."""
         d = self.deps
         local = self._local_dir(job_id)
-        shutil.rmtree(local, ignore_errors=True)
+        self.scratch.forget(job_id)
         try:
             store = d.store_for(d.records.state_url)
             WorkdirMirror(store, f"{d.records.job_prefix(job_id)}/work", local / "work").delete_remote()
@@ -506,6 +666,39 @@ def _job_spec(record: JobRecord) -> Any:
     from rvc_core.jobspec import JobSpec
 
     return JobSpec(**record.spec)
+
+
+def _summary(report: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What the record keeps of a dataset report: the full one is `report.json` beside the model."""
+    return None if report is None else summarised(report)
+
+
+def _extracted(workdir: Path) -> bool:
+    from rvc_core.layout import WorkDir
+
+    return WorkDir(workdir).is_done("extract")
+
+
+def _milestones(workdir: Path) -> frozenset[str]:
+    """The stages the work dir has finished (rvc_core's stage markers)."""
+    folder = workdir / "stages"
+    return frozenset(p.name for p in folder.glob("*.json")) if folder.is_dir() else frozenset()
+
+
+def _position(progress: Any) -> tuple[str, int, int]:
+    return str(progress.stage), int(progress.epoch or 0), int(progress.step or 0)
+
+
+def _position_of(record: JobRecord) -> tuple[str, int, int]:
+    p = record.progress
+    return str(p.get("stage") or record.stage), int(p.get("epoch") or 0), int(p.get("step") or 0)
+
+
+def _release_claim(kind: ResultKind) -> Callable[[JobRecord], bool]:
+    def release(r: JobRecord) -> bool:
+        return r.announcing.pop(kind, None) is not None
+
+    return release
 
 
 def _error(stage: str | None, code: str, message: str, retryable: bool) -> dict[str, Any]:
