@@ -3,6 +3,11 @@
 Idempotent and resumable: every stage output and the training checkpoint live under `workdir`, so
 calling `run_job` again with the same work dir continues where it stopped. With a `deadline` it
 stops at a clean point and returns `status="paused"`; the service runs it once per work slice.
+Every stage respects the deadline, not only training: a unit of work that cannot stop midway (a
+file's preprocessing, a batch of pitch or features, a k-means iteration, the export) is estimated
+from rates measured earlier (kept in the work dir's `budget.json`) and, when it would pass the
+deadline, left to the next call, which starts with it. A call always does at least one unit, so
+every call moves. The result's `timings` holds this call's seconds per stage.
 The job's types are in `rvc_core.jobspec`; the stages in `rvc_core.job_stages`.
 """
 
@@ -15,6 +20,7 @@ from pathlib import Path
 from rvc_core.assets import AssetStore
 from rvc_core.job_stages import finish_job, prepare_stage, train_stage
 from rvc_core.jobspec import JobEnvironment, JobProgress, JobSpec
+from rvc_core.prepare import RATES_FILE, Budget, Paused, monotonic
 from rvc_core.progress import ProgressCallback
 
 log = logging.getLogger(__name__)
@@ -34,18 +40,44 @@ def run_job(
 ) -> JobProgress:
     emit = progress or (lambda _e: None)
     environ = environ or {}
-    assets = AssetStore.from_option(env.assets, environ)
-    prepared = prepare_stage(dataset_zip, Path(workdir), spec, env, assets, emit)
-    trained = train_stage(Path(workdir), spec, env, deadline, should_stop, emit, environ)
-    if trained.status != "finished":
-        last = trained.history[-1].losses if trained.history else {}
+    workdir = Path(workdir)
+    budget = Budget(deadline=deadline, should_stop=should_stop, rates_path=workdir / RATES_FILE)
+    started = monotonic()
+    prepared = None
+    try:
+        assets = AssetStore.from_option(env.assets, environ)
+        prepared = prepare_stage(dataset_zip, workdir, spec, env, assets, emit, budget)
+        trained = train_stage(workdir, spec, env, budget, emit, environ)
+        if trained.status != "finished":
+            last = trained.history[-1].losses if trained.history else {}
+            return JobProgress(
+                status="paused",
+                stage="train",
+                epoch=trained.epoch,
+                epochs=spec.epochs,
+                step=trained.step,
+                losses=dict(last),
+                dataset_report=prepared.report.to_json(),
+                timings=_timings(budget, started),
+            )
+        result = finish_job(prepared, trained, workdir, Path(outdir), spec, env, assets, emit, budget)
+    except Paused as pause:
+        log.info("paused at %s after %.1f s (%s)", pause.stage, monotonic() - started, pause.reason)
         return JobProgress(
             status="paused",
-            stage="train",
-            epoch=trained.epoch,
+            stage=pause.stage,
             epochs=spec.epochs,
-            step=trained.step,
-            losses=dict(last),
-            dataset_report=prepared.report.to_json(),
+            # Outside training `step` counts the stage's finished units (files, segments,
+            # k-means iterations), so a slice that moved is told from one that did not.
+            step=pause.done,
+            dataset_report=prepared.report.to_json() if prepared is not None else None,
+            timings=_timings(budget, started),
         )
-    return finish_job(prepared, trained, Path(workdir), Path(outdir), spec, env, assets, emit)
+    result.timings = _timings(budget, started)
+    return result
+
+
+def _timings(budget: Budget, started: float) -> dict[str, float]:
+    out = {k: round(v, 3) for k, v in budget.timings.items()}
+    out["total"] = round(monotonic() - started, 3)
+    return out

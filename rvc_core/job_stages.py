@@ -1,14 +1,21 @@
 """The stages of `run_job` after preparation: train, then index, export, preview, report and zip.
 
-Every output is written atomically, so re-running `finish_job` after a crash simply rewrites them.
+Every output is written atomically. The finishing stages run as units within the call's `Budget`:
+each writes its outputs into `WORKDIR/finish/` and a marker `stages/<stage>.json`, so a call paused
+between them (or inside the index's k-means) continues with the next one; the last copies the
+outputs into `outdir`, which the service empties between slices. A finished training run leaves
+`stages/train.json` (its result), so finishing slices do not rebuild the trainer.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-import time
+import os
+import shutil
 import zipfile
 from collections.abc import Callable, Mapping
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +26,7 @@ from rvc_core.atomic import atomic_path, write_json
 from rvc_core.export import ExportInfo, build_export, save_export
 from rvc_core.jobspec import JobEnvironment, JobProgress, JobSpec
 from rvc_core.layout import WorkDir
-from rvc_core.prepare import PreparedDataset, run_prepare
+from rvc_core.prepare import Budget, Paused, PreparedDataset, monotonic, run_prepare
 from rvc_core.progress import ProgressCallback, ProgressEvent
 from rvc_core.spec import sample_rate_label
 
@@ -29,6 +36,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = "checkpoints"
+FINISH_DIR = "finish"  # the finishing stages' outputs, kept between slices
+FINISH_STAGES = ("index", "export", "preview", "report", "zip")
 
 
 def prepare_stage(
@@ -38,6 +47,7 @@ def prepare_stage(
     env: JobEnvironment,
     assets: AssetStore,
     emit: ProgressCallback,
+    budget: Budget | None = None,
 ) -> PreparedDataset:
     return run_prepare(
         dataset_zip,
@@ -47,6 +57,7 @@ def prepare_stage(
         device=env.device,
         workers=env.workers,
         progress=emit,
+        budget=budget,
     )
 
 
@@ -98,23 +109,108 @@ def train_stage(
     workdir: Path,
     spec: JobSpec,
     env: JobEnvironment,
-    deadline: float | None,
-    should_stop: Callable[[], bool] | None,
+    budget: Budget,
     emit: ProgressCallback,
     environ: Mapping[str, str],
 ) -> TrainResult:
+    """Trains until finished or the budget runs out. Training is entered only when its start-up and
+    a step fit the time left (or nothing was done yet in this call: then at least one step is
+    taken, however small the budget, so every call moves)."""
     from rvc_core.train import train
 
+    marker = Path(workdir) / "stages" / "train.json"
+    done = _load_train_result(marker, Path(workdir), spec)
+    if done is not None:
+        return done
     config = train_config(spec, env, environ)
-    return train(
-        workdir,
-        config,
-        ckpt_dir=Path(workdir) / CHECKPOINT_DIR,
-        device=env.device,
-        deadline=deadline,
-        should_stop=should_stop,
-        progress=emit,
+    start_estimate, step_estimate = budget.estimate("train_start"), budget.estimate("train_step")
+    budget.check("train", start_estimate + step_estimate)
+    # Too little time for training's own estimate (a step may not even fit after the start-up) in a
+    # call that did nothing yet: take one step, then stop on our own step-time estimate.
+    grant = (
+        budget.bounded and not budget.progressed and budget.remaining() < start_estimate + 2 * step_estimate
     )
+    started = monotonic()
+    checks: list[float] = []
+
+    def should_stop() -> bool:  # called before every step
+        now = monotonic()
+        checks.append(now)
+        if budget.should_stop is not None and budget.should_stop():
+            return True
+        if not grant or len(checks) < 2:
+            return False
+        return now - checks[-2] > budget.remaining()  # the last step's time would pass the deadline
+
+    with budget.timed("train"):
+        result = train(
+            workdir,
+            config,
+            ckpt_dir=Path(workdir) / CHECKPOINT_DIR,
+            device=env.device,
+            deadline=None if grant else budget.deadline,
+            should_stop=should_stop,
+            progress=emit,
+        )
+    ended = monotonic()
+    if checks:
+        budget.record("train_start", checks[0] - started, kept=False)
+        steps = len(checks) - (1 if result.status == "paused" else 0)
+        if steps > 0:
+            budget.record("train_step", ended - checks[0], steps)
+    if result.status == "finished":
+        write_json(marker, _train_result_json(result, Path(workdir), spec))
+    return result
+
+
+def _train_result_json(result: TrainResult, workdir: Path, spec: JobSpec) -> dict[str, Any]:
+    data = asdict(result)
+    for key in ("checkpoint", "generator_weights"):
+        if data[key] is not None:
+            data[key] = os.path.relpath(data[key], workdir)
+    return {"epochs_asked": spec.epochs, "result": data}
+
+
+def _load_train_result(marker: Path, workdir: Path, spec: JobSpec) -> TrainResult | None:
+    """The finished run recorded in `stages/train.json`, or None (absent, or other epochs asked)."""
+    from rvc_core.train import TrainResult
+    from rvc_core.train.results import BatchSizeReduction, EpochSummary
+
+    if not marker.exists():
+        return None
+    saved = json.loads(marker.read_text())
+    if saved.get("epochs_asked") != spec.epochs:
+        return None
+    d = dict(saved["result"])
+    d["history"] = tuple(EpochSummary(**h) for h in d["history"])
+    d["batch_size_reductions"] = tuple(BatchSizeReduction(**r) for r in d["batch_size_reductions"])
+    d["checkpoint"] = workdir / d["checkpoint"]
+    if d["generator_weights"] is not None:
+        d["generator_weights"] = workdir / d["generator_weights"]
+    return TrainResult(**d)
+
+
+def _unit(
+    stage: str, wd: WorkDir, budget: Budget, estimate: float, emit: ProgressCallback, message: str
+) -> Callable[[Callable[[], dict[str, Any]]], dict[str, Any]]:
+    """Runs a finishing stage once: its marker (with its summary and seconds) says it is done."""
+
+    def run(body: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        marker = wd.stage_marker(stage)
+        if marker.exists():
+            return json.loads(marker.read_text())
+        budget.check(stage, estimate)
+        emit(ProgressEvent(stage=stage, message=message))
+        started = monotonic()
+        with budget.timed(stage):
+            summary = body()
+        seconds = monotonic() - started
+        summary["seconds"] = round(seconds + float(summary.get("seconds", 0.0)), 3)
+        write_json(marker, summary)
+        budget.record(stage, seconds)
+        return summary
+
+    return run
 
 
 def finish_job(
@@ -126,77 +222,126 @@ def finish_job(
     env: JobEnvironment,
     assets: AssetStore,
     emit: ProgressCallback,
+    budget: Budget | None = None,
 ) -> JobProgress:
-    """Index, export, preview, report, zip: the outputs users receive."""
+    """Index, export, preview, report, zip: the outputs users receive, built in `WORKDIR/finish/`
+    unit by unit within `budget`, then copied to `outdir`."""
     from rvc_core.index import build_index, stack_features
 
-    outdir.mkdir(parents=True, exist_ok=True)
+    budget = budget or Budget()
     wd = prepared.workdir
-    timings: dict[str, float] = {}
+    out = wd.root / FINISH_DIR
+    out.mkdir(parents=True, exist_ok=True)
     segment_ids = [s.id for s in prepared.segments]
-
-    started = time.perf_counter()
-    emit(ProgressEvent(stage="index", message=f"{len(segment_ids)} segment(s)"))
-    for stale in outdir.glob(f"added_IVF*_Flat_nprobe_1_{spec.model_name}_{spec.version}.index"):
-        stale.unlink()  # a rerun may choose another n; keep exactly one index
-    features = stack_features([wd.features_dir / f"{sid}.npy" for sid in segment_ids])
-    index = build_index(
-        features, outdir, spec.model_name, spec.version, seed=spec.seed, use_gpu=env.device.startswith("cuda")
-    )
-    timings["index"] = time.perf_counter() - started
-
-    started = time.perf_counter()
-    emit(ProgressEvent(stage="export", message=f"{spec.model_name}.pth"))
-    generator = load_trained_generator(spec, trained)
-    exported_epoch = trained.best_epoch if spec.export == "best" and trained.best_epoch else trained.epoch
     dataset_seconds = prepared.report.totals.usable_seconds
-    pth = export_model(
-        generator,
-        outdir / f"{spec.model_name}.pth",
-        spec,
-        exported_epoch,
-        trained.step,
-        dataset_seconds,
-        trained.speakers,
+
+    def index_body() -> dict[str, Any]:
+        for stale in out.glob(f"added_IVF*_Flat_nprobe_1_{spec.model_name}_{spec.version}.index"):
+            stale.unlink()  # a rerun may choose another n; keep exactly one index
+        sizes = sum((wd.features_dir / f"{sid}.npy").stat().st_size for sid in segment_ids) / 2**20
+        budget.check("index", budget.estimate("stack_features", sizes))
+        started = monotonic()
+        features = stack_features([wd.features_dir / f"{sid}.npy" for sid in segment_ids])
+        budget.record("stack_features", monotonic() - started, max(sizes, 1e-3), kept=False)
+        result = build_index(
+            features,
+            out,
+            spec.model_name,
+            spec.version,
+            seed=spec.seed,
+            use_gpu=env.device.startswith("cuda"),
+            state_dir=out / "index_state",
+            budget=budget,
+        )
+        shutil.rmtree(out / "index_state", ignore_errors=True)
+        return {
+            "file": result.path.name,
+            "n_lists": result.n_lists,
+            "vectors": result.vectors,
+            "dim": result.dim,
+            "seconds": _state_seconds(wd, "index"),  # spent by earlier calls
+        }
+
+    try:
+        index = _unit("index", wd, budget, 0.0, emit, f"{len(segment_ids)} segment(s)")(index_body)
+    except Paused:
+        _add_state_seconds(wd, "index", budget.timings.get("index", 0.0))
+        raise
+    index_path = out / index["file"]
+    exported_epoch = trained.best_epoch if spec.export == "best" and trained.best_epoch else trained.epoch
+
+    def export_body() -> dict[str, Any]:
+        generator = load_trained_generator(spec, trained)
+        pth = export_model(
+            generator,
+            out / f"{spec.model_name}.pth",
+            spec,
+            exported_epoch,
+            trained.step,
+            dataset_seconds,
+            trained.speakers,
+        )
+        extra = export_periodic(spec, trained, out, dataset_seconds)
+        return {"pth": pth.name, "extra": {str(k): v.name for k, v in extra.items()}}
+
+    export = _unit("export", wd, budget, budget.estimate("export"), emit, f"{spec.model_name}.pth")(
+        export_body
     )
-    extra = export_periodic(spec, trained, outdir, dataset_seconds)
-    timings["export"] = time.perf_counter() - started
-
-    started = time.perf_counter()
-    emit(ProgressEvent(stage="preview", message="converting one held-out segment"))
     preview_id = pick_preview_segment(segment_ids, spec)
-    preview = write_preview(generator, wd, preview_id, index.path, outdir / "preview.wav", spec, env.device)
-    timings["preview"] = time.perf_counter() - started
 
+    def preview_body() -> dict[str, Any]:
+        generator = load_trained_generator(spec, trained)
+        path = write_preview(generator, wd, preview_id, index_path, out / "preview.wav", spec, env.device)
+        return {"file": path.name, "segment": preview_id}
+
+    preview = _unit(
+        "preview", wd, budget, budget.estimate("preview"), emit, "converting one held-out segment"
+    )(preview_body)
     metrics = training_metrics(trained)
-    report = {
-        "model_name": spec.model_name,
-        "spec": _plain(spec.__dict__),
-        "dataset": prepared.report.to_json(),
-        "training": metrics,
-        "index": {
-            "file": index.path.name,
-            "n_lists": index.n_lists,
-            "vectors": index.vectors,
-            "dim": index.dim,
-        },
-        "exported_epoch": exported_epoch,
-        "preview_segment": preview_id,
-        "timings_seconds": {**timings, "training": round(sum(e.seconds for e in trained.history), 3)},
-    }
-    report_path = outdir / "report.json"
-    write_json(report_path, report)
-    png = write_report_plot(outdir / "report.png", trained, prepared, wd, spec)
-    model_zip = write_model_zip(outdir / f"{spec.model_name}.zip", [pth, index.path])
-    artifacts = {
-        "pth": pth,
-        "index": index.path,
-        "preview": preview,
-        "report": report_path,
-        "report_png": png,
-        "zip": model_zip,
-    }
-    artifacts.update({f"pth_e{epoch}": path for epoch, path in extra.items()})
+
+    def report_body() -> dict[str, Any]:
+        report = {
+            "model_name": spec.model_name,
+            "spec": _plain(spec.__dict__),
+            "dataset": prepared.report.to_json(),
+            "training": metrics,
+            "index": {k: index[k] for k in ("file", "n_lists", "vectors", "dim")},
+            "exported_epoch": exported_epoch,
+            "preview_segment": preview_id,
+            "timings_seconds": {
+                "index": index["seconds"],
+                "export": export["seconds"],
+                "preview": preview["seconds"],
+                "training": round(sum(e.seconds for e in trained.history), 3),
+            },
+        }
+        write_json(out / "report.json", report)
+        write_report_plot(out / "report.png", trained, prepared, wd, spec)
+        return {"file": "report.json", "plot": "report.png"}
+
+    _unit("report", wd, budget, budget.estimate("report"), emit, "report.json, report.png")(report_body)
+    pth = out / export["pth"]
+    zip_mb = (pth.stat().st_size + index_path.stat().st_size) / 2**20
+
+    def zip_body() -> dict[str, Any]:
+        return {"file": write_model_zip(out / f"{spec.model_name}.zip", [pth, index_path]).name}
+
+    _unit("zip", wd, budget, budget.estimate("zip", zip_mb), emit, f"{spec.model_name}.zip")(zip_body)
+    with budget.timed("deliver"):
+        outdir.mkdir(parents=True, exist_ok=True)
+        for stale in outdir.glob(f"added_IVF*_Flat_nprobe_1_{spec.model_name}_{spec.version}.index"):
+            if stale.name != index_path.name:
+                stale.unlink()
+        names = {
+            "pth": export["pth"],
+            "index": index_path.name,
+            "preview": preview["file"],
+            "report": "report.json",
+            "report_png": "report.png",
+            "zip": f"{spec.model_name}.zip",
+            **{f"pth_e{epoch}": name for epoch, name in export["extra"].items()},
+        }
+        artifacts = {key: _deliver(out / name, outdir / name) for key, name in names.items()}
     return JobProgress(
         status="finished",
         stage="done",
@@ -208,6 +353,32 @@ def finish_job(
         metrics=metrics,
         dataset_report=prepared.report.to_json(),
     )
+
+
+def _state_seconds(wd: WorkDir, stage: str) -> float:
+    path = wd.root / FINISH_DIR / f"{stage}.seconds.json"
+    return float(json.loads(path.read_text())["seconds"]) if path.exists() else 0.0
+
+
+def _add_state_seconds(wd: WorkDir, stage: str, seconds: float) -> None:
+    """Seconds a paused stage already spent, for the report (the marker adds the last call's)."""
+    write_json(
+        wd.root / FINISH_DIR / f"{stage}.seconds.json", {"seconds": _state_seconds(wd, stage) + seconds}
+    )
+
+
+def _deliver(src: Path, dst: Path) -> Path:
+    """`src` at `dst`: a hard link where the file system allows, else a copy (both atomic)."""
+    if dst.exists() and dst.samefile(src):
+        return dst
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copy2(src, tmp)
+    os.replace(tmp, dst)
+    return dst
 
 
 def _plain(d: Mapping[str, Any]) -> dict[str, Any]:

@@ -85,6 +85,8 @@ class JobProgress:
     artifacts: dict[str, Path] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     dataset_report: dict[str, Any] | None = None
+    # Seconds this call spent per stage (extract … zip), so the caller can log its overrun.
+    timings: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)

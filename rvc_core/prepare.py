@@ -10,11 +10,14 @@ import contextlib
 import ctypes
 import json
 import logging
+import math
 import platform
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -23,7 +26,7 @@ from rvc_core.assets import AssetStore
 from rvc_core.atomic import atomic_dir, write_json, write_npy
 from rvc_core.config import PrepareConfig, config_hash
 from rvc_core.errors import BadDataset, ConfigMismatch, NoAudio, RvcError, TooLittleAudio
-from rvc_core.intake import ExtractedDataset, extract_dataset
+from rvc_core.intake import ExtractedDataset, SourceFile, extract_dataset
 from rvc_core.layout import STAGES, WorkDir
 from rvc_core.preprocess import FileStats, Segment, preprocess_all
 from rvc_core.preprocess.records import REJECT_UNDECODABLE, reason_code
@@ -35,6 +38,111 @@ log = logging.getLogger(__name__)
 
 # Audio per model call in the pitch and feature stages: bounded so memory stays flat.
 BATCH_SECONDS = 60.0
+
+# The clock of deadlines (`time.monotonic()` values); a module attribute so tests can fake it.
+monotonic = time.monotonic
+# Where a budgeted run keeps the rates it measured, so the next slice estimates with them.
+RATES_FILE = "budget.json"
+# Conservative seconds per unit before anything was measured (2 CPU cores, real networks). Units:
+# preprocess per MB of source file; pitch/features per second of 16 kHz audio; load_* per load;
+# train_start per train() start-up, train_step per step; ivf_iteration per 1e12 frame x list x dim
+# multiply-adds; kmeans per 10k frames; export/preview/report per call; zip per MB.
+DEFAULT_RATES: dict[str, float] = {
+    "preprocess": 0.6,
+    "pool_start": 3.0,
+    "load_pitch": 5.0,
+    "pitch": 0.3,
+    "load_features": 5.0,
+    "features": 0.3,
+    "train_start": 15.0,
+    "train_step": 5.0,
+    "stack_features": 0.02,
+    "ivf_iteration": 30.0,
+    "ivf_add": 30.0,
+    "kmeans": 10.0,
+    "export": 5.0,
+    "preview": 10.0,
+    "report": 5.0,
+    "zip": 0.05,
+}
+
+
+class Paused(Exception):
+    """Raised inside a budgeted run at a clean point: everything done so far is persisted and the
+    next call resumes at `stage`. `done` counts the stage's finished units (segments, files, k-means
+    iterations) so a caller can tell a slice that moved from one that did not."""
+
+    def __init__(self, stage: str, done: int = 0, reason: str = "deadline") -> None:
+        super().__init__(f"paused at {stage} ({reason})")
+        self.stage = stage
+        self.done = done
+        self.reason = reason
+
+
+@dataclass
+class Budget:
+    """A call's share of time: `deadline` (a `time.monotonic()` value, None: unbounded) and
+    `should_stop` (checked before every unit). Before a unit that cannot stop midway, `check` raises
+    `Paused` when the unit's estimated cost would pass the deadline, unless this call has done no
+    work yet: a unit too long for any budget then gets a slice of its own, and every call moves.
+    Rates measured here are kept in the work dir (`budget.json`) for the next call's estimates;
+    `timings` holds this call's seconds per stage."""
+
+    deadline: float | None = None
+    should_stop: Callable[[], bool] | None = None
+    rates_path: Path | None = None
+    progressed: bool = False
+    timings: dict[str, float] = field(default_factory=dict)
+    rates: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.rates_path is not None and self.rates_path.exists():
+            with contextlib.suppress(ValueError, OSError):
+                self.rates = {k: float(v) for k, v in json.loads(self.rates_path.read_text()).items()}
+
+    @property
+    def bounded(self) -> bool:
+        return self.deadline is not None
+
+    def remaining(self) -> float:
+        return math.inf if self.deadline is None else self.deadline - monotonic()
+
+    def rate(self, key: str) -> float:
+        return self.rates.get(key, DEFAULT_RATES[key])
+
+    def estimate(self, key: str, units: float = 1.0) -> float:
+        return self.rate(key) * units
+
+    def fits(self, seconds: float) -> bool:
+        """Whether a unit of `seconds` may start now (always, before this call did any work)."""
+        return not self.progressed or seconds <= self.remaining()
+
+    def check(self, stage: str, seconds: float = 0.0, done: int = 0) -> None:
+        if self.should_stop is not None and self.should_stop():
+            raise Paused(stage, done, "should_stop")
+        if not self.fits(seconds):
+            raise Paused(stage, done)
+
+    def record(self, key: str, seconds: float, units: float = 1.0, *, kept: bool = True) -> None:
+        """Learns `key`'s rate (the mean of the newest and the previous one); `kept`: the unit's
+        output is persisted, so this call has moved (loading a model is not progress)."""
+        self.progressed = self.progressed or kept
+        if units <= 0:
+            return
+        measured = seconds / units
+        old = self.rates.get(key)
+        self.rates[key] = measured if old is None else 0.5 * (old + measured)
+        if self.rates_path is not None and self.rates_path.parent.is_dir():
+            with contextlib.suppress(OSError):
+                write_json(self.rates_path, self.rates)
+
+    @contextlib.contextmanager
+    def timed(self, stage: str) -> Iterator[None]:
+        started = monotonic()
+        try:
+            yield
+        finally:
+            self.timings[stage] = self.timings.get(stage, 0.0) + monotonic() - started
 
 
 @dataclass(frozen=True)
@@ -88,15 +196,21 @@ def run_prepare(
     workers: int | None = None,
     progress: ProgressCallback | None = None,
     until: str = "features",
+    budget: Budget | None = None,
 ) -> PreparedDataset:
     """Runs every preparation stage that is not done yet, up to and including `until` (benchmarks
-    stop early). Raises `RvcError` on a rejected dataset, after writing `report.json`."""
+    stop early). Raises `RvcError` on a rejected dataset, after writing `report.json`; raises
+    `Paused` when `budget` runs out (preprocessing keeps its finished files, pitch and features
+    their finished segments, so the next call continues)."""
     wd = WorkDir(Path(workdir))
     bind_workdir(wd, config)
     emit = progress or (lambda _e: None)
+    budget = budget or Budget()
     try:
-        extracted = _stage_extract(Path(dataset_zip), wd, emit)
-        stats = _stage_preprocess(extracted, wd, config, workers, emit)
+        with budget.timed("extract"):
+            extracted = _stage_extract(Path(dataset_zip), wd, emit, budget)
+        with budget.timed("preprocess"):
+            stats = _stage_preprocess(extracted, wd, config, workers, emit, budget)
         report = build_report(extracted, stats)
         report.config = config.as_dict()
         write_json(wd.report, report.to_json())
@@ -107,9 +221,11 @@ def run_prepare(
         raise
     segments = tuple(seg for s in stats for seg in s.segments)
     if STAGES.index(until) >= STAGES.index("pitch"):
-        _stage_pitch(segments, wd, config, assets, device, emit)
+        with budget.timed("pitch"):
+            _stage_pitch(segments, wd, config, assets, device, emit, budget)
     if STAGES.index(until) >= STAGES.index("features"):
-        _stage_features(segments, wd, config, assets, device, emit)
+        with budget.timed("features"):
+            _stage_features(segments, wd, config, assets, device, emit, budget)
     return PreparedDataset(workdir=wd, config=config, segments=segments, report=report)
 
 
@@ -132,9 +248,13 @@ def load_segments(wd: WorkDir) -> list[FileStats]:
 
 
 # --- stages ----------------------------------------------------------------------------------------
-def _stage_extract(dataset_zip: Path, wd: WorkDir, emit: ProgressCallback) -> ExtractedDataset:
+def _stage_extract(
+    dataset_zip: Path, wd: WorkDir, emit: ProgressCallback, budget: Budget
+) -> ExtractedDataset:
     if wd.is_done("extract"):
         return ExtractedDataset.from_json(json.loads(wd.extract_listing.read_text()), base=wd.extract_dir)
+    budget.check("extract")  # the first stage: no estimate, a call that starts here always runs it
+    started = monotonic()
     emit(ProgressEvent(stage="extract", message=f"reading {dataset_zip.name}"))
     with atomic_dir(wd.extract_dir) as tmp:
         extracted = extract_dataset(dataset_zip, tmp)
@@ -142,7 +262,13 @@ def _stage_extract(dataset_zip: Path, wd: WorkDir, emit: ProgressCallback) -> Ex
         listing = extracted.to_json(relative_to=tmp)
     write_json(wd.extract_listing, listing)
     write_json(wd.stage_marker("extract"), {"files": len(extracted.files), "ignored": len(extracted.ignored)})
+    budget.record("extract", monotonic() - started, 0)
     return ExtractedDataset.from_json(listing, base=wd.extract_dir)
+
+
+def _partial_preprocess(wd: WorkDir) -> Path:
+    """Finished files of an interrupted preprocessing stage, by source id (gone once it is done)."""
+    return wd.root / "segments.partial.json"
 
 
 def _stage_preprocess(
@@ -151,27 +277,88 @@ def _stage_preprocess(
     config: PrepareConfig,
     workers: int | None,
     emit: ProgressCallback,
+    budget: Budget | None = None,
 ) -> list[FileStats]:
+    """Preprocesses the files not done yet. Unbudgeted: all in one pool. Budgeted: in chunks sized
+    to the time left (a file cannot stop midway), each chunk's results kept in
+    `segments.partial.json`, so a paused stage resumes with the next file."""
     if wd.is_done("preprocess"):
         return load_segments(wd)
+    budget = budget or Budget()
+    partial_path = _partial_preprocess(wd)
+    done: dict[str, FileStats] = {}
+    if partial_path.exists():
+        done = {k: FileStats.from_json(v) for k, v in json.loads(partial_path.read_text())["files"].items()}
+    todo = [f for f in extracted.files if f.id not in done]
     emit(
         ProgressEvent(
-            stage="preprocess", message=f"{len(extracted.files)} file(s)", total=len(extracted.files)
+            stage="preprocess",
+            message=f"{len(todo)} of {len(extracted.files)} file(s) to do",
+            total=len(extracted.files),
         )
     )
-    with progress_bar(total=len(extracted.files), desc="preprocess", unit="file") as bar:
-        stats = preprocess_all(
-            extracted.files,
-            config.sample_rate,
-            config.segment_seconds,
-            wd.wav_dir,
-            wd.wav16k_dir,
-            workers=workers,
-            progress=lambda _s: bar.update(1),
-        )
+    pool = workers or _cpu_count()
+    with progress_bar(total=len(todo), desc="preprocess", unit="file") as bar:
+        while todo:
+            chunk = _preprocess_chunk(todo, pool, budget)
+            if not chunk:
+                raise Paused("preprocess", len(done))
+            started = monotonic()
+            stats = preprocess_all(
+                chunk,
+                config.sample_rate,
+                config.segment_seconds,
+                wd.wav_dir,
+                wd.wav16k_dir,
+                workers=workers,
+                progress=lambda _s: bar.update(1),
+            )
+            elapsed = monotonic() - started
+            done.update({source.id: st for source, st in zip(chunk, stats, strict=True)})
+            todo = todo[len(chunk) :]
+            if todo:
+                write_json(partial_path, {"files": {k: v.to_json() for k, v in done.items()}})
+            # Seconds per MB in one process (a pool's start-up included: conservative).
+            lane_mb = sum(f.size_bytes for f in chunk) / 2**20 / min(pool, len(chunk))
+            budget.record("preprocess", elapsed, max(lane_mb, 1e-3))
+    stats = [done[f.id] for f in extracted.files]
     write_json(wd.segments_listing, {"files": [s.to_json() for s in stats]})
     write_json(wd.stage_marker("preprocess"), {"segments": sum(len(s.segments) for s in stats)})
+    partial_path.unlink(missing_ok=True)
     return stats
+
+
+def _cpu_count() -> int:
+    import os
+
+    return os.cpu_count() or 1
+
+
+def _preprocess_chunk(todo: Sequence[SourceFile], pool: int, budget: Budget) -> list[SourceFile]:
+    """The next files to preprocess: all of them without a deadline, else as many as the time left
+    allows (files run `pool` at a time; a pool of processes costs a start-up). Empty: pause."""
+    if budget.should_stop is not None and budget.should_stop():
+        return []
+    if not budget.bounded:
+        return list(todo)
+    chunk: list[SourceFile] = []
+    for source in todo:
+        candidate = [*chunk, source]
+        if not budget.fits(_chunk_seconds(candidate, pool, budget)) and (chunk or budget.progressed):
+            break
+        chunk = candidate
+        if not budget.progressed and len(chunk) >= pool:
+            break  # a call's first chunk is granted whatever it costs: keep it to one round
+    return chunk
+
+
+def _chunk_seconds(chunk: Sequence[SourceFile], pool: int, budget: Budget) -> float:
+    """Estimated wall time of preprocessing `chunk` in up to `pool` processes (longest first)."""
+    lanes = [0.0] * max(1, min(pool, len(chunk)))
+    for mb in sorted((f.size_bytes / 2**20 for f in chunk), reverse=True):
+        lanes[lanes.index(min(lanes))] += budget.estimate("preprocess", mb)
+    start = budget.estimate("pool_start") if len(lanes) > 1 else 0.0
+    return max(lanes) + start
 
 
 def _check_usable(report: DatasetReport, wd: WorkDir) -> None:
@@ -221,6 +408,36 @@ def _batches(segments: Sequence[Segment], max_seconds: float) -> Iterator[list[S
         yield batch
 
 
+def _budgeted_batches(
+    todo: Sequence[Segment], stage: str, budget: Budget, done: int
+) -> Iterator[list[Segment]]:
+    """`_batches` without a deadline; with one, each batch (of bounded audio, length-sorted) is cut
+    to what the time left allows, and the stage pauses when not even one segment fits."""
+    if not budget.bounded:
+        for batch in _batches(todo, BATCH_SECONDS):
+            budget.check(stage, 0.0, done)
+            yield batch
+            done += len(batch)
+        return
+    ordered = sorted(todo, key=lambda s: s.seconds)
+    while ordered:
+        batch: list[Segment] = []
+        total = 0.0
+        for seg in ordered:
+            if batch and total + seg.seconds > BATCH_SECONDS:
+                break
+            if not budget.fits(budget.estimate(stage, total + seg.seconds)) and (batch or budget.progressed):
+                break
+            batch.append(seg)
+            total += seg.seconds
+        if not batch:
+            raise Paused(stage, done)
+        budget.check(stage, 0.0, done)  # should_stop
+        yield batch
+        done += len(batch)
+        ordered = ordered[len(batch) :]
+
+
 def _run_per_segment(
     stage: str,
     segments: Sequence[Segment],
@@ -228,12 +445,15 @@ def _run_per_segment(
     outputs: Callable[[Segment], list[Path]],
     compute: Callable[[list[np.ndarray]], list[list[np.ndarray]]],
     emit: ProgressCallback,
+    budget: Budget | None = None,
 ) -> None:
     """Shared loop of the pitch and feature stages (the callers skip a finished stage before loading
     their model): only segments whose outputs are missing are computed (so an interrupted stage
-    resumes), in length-sorted batches, each output atomic."""
+    resumes), in length-sorted batches, each output atomic. With a budget, batches shrink to fit
+    the time left and the loop raises `Paused` between them."""
     from rvc_core.audio_io import read_wav_float32
 
+    budget = budget or Budget()
     todo = [s for s in segments if not all(p.exists() for p in outputs(s))]
     emit(
         ProgressEvent(
@@ -241,14 +461,28 @@ def _run_per_segment(
         )
     )
     with progress_bar(total=len(todo), desc=stage, unit="seg") as bar:
-        for batch in _batches(todo, BATCH_SECONDS):
+        for batch in _budgeted_batches(todo, stage, budget, len(segments) - len(todo)):
+            started = monotonic()
             audio = [read_wav_float32(wd.wav16k_dir / f"{s.id}.wav")[0] for s in batch]
             for seg, arrays in zip(batch, compute(audio), strict=True):
                 for path, array in zip(outputs(seg), arrays, strict=True):
                     write_npy(path, array)
+            budget.record(stage, monotonic() - started, max(sum(len(a) for a in audio) / 16000, 1e-3))
             bar.update(len(batch))
             release_freed_memory()
     write_json(wd.stage_marker(stage), {"segments": len(segments)})
+
+
+def _load_model(
+    stage: str, load: Callable[[], object], budget: Budget, segments: Sequence[Segment]
+) -> object:
+    """The stage's model, loaded only when it and one segment's work fit the time left."""
+    shortest = min((s.seconds for s in segments), default=0.0)
+    budget.check(stage, budget.estimate(f"load_{stage}") + budget.estimate(stage, shortest))
+    started = monotonic()
+    model = load()
+    budget.record(f"load_{stage}", monotonic() - started, kept=False)
+    return model
 
 
 def _stage_pitch(
@@ -258,12 +492,19 @@ def _stage_pitch(
     assets: AssetStore,
     device: str,
     emit: ProgressCallback,
+    budget: Budget | None = None,
 ) -> None:
     if wd.is_done("pitch"):
         return
     from rvc_core.pitch import coarse_pitch, load_pitch_extractor
 
-    extractor = load_pitch_extractor(config.f0_method, assets=assets, device=device)
+    budget = budget or Budget()
+    extractor: Any = _load_model(
+        "pitch",
+        lambda: load_pitch_extractor(config.f0_method, assets=assets, device=device),
+        budget,
+        segments,
+    )
 
     def compute(audio: list[np.ndarray]) -> list[list[np.ndarray]]:
         return [[coarse_pitch(f0).astype(np.int64), f0.astype(np.float32)] for f0 in extractor.extract(audio)]
@@ -275,6 +516,7 @@ def _stage_pitch(
         lambda s: [wd.coarse_dir / f"{s.id}.npy", wd.f0_dir / f"{s.id}.npy"],
         compute,
         emit,
+        budget,
     )
 
 
@@ -285,14 +527,23 @@ def _stage_features(
     assets: AssetStore,
     device: str,
     emit: ProgressCallback,
+    budget: Budget | None = None,
 ) -> None:
     if wd.is_done("features"):
         return
     from rvc_core.features import load_content_encoder
 
-    encoder = load_content_encoder(config.version, assets=assets, device=device)
+    budget = budget or Budget()
+    encoder: Any = _load_model(
+        "features",
+        lambda: load_content_encoder(config.version, assets=assets, device=device),
+        budget,
+        segments,
+    )
 
     def compute(audio: list[np.ndarray]) -> list[list[np.ndarray]]:
         return [[f.astype(np.float32)] for f in encoder.extract(audio)]
 
-    _run_per_segment("features", segments, wd, lambda s: [wd.features_dir / f"{s.id}.npy"], compute, emit)
+    _run_per_segment(
+        "features", segments, wd, lambda s: [wd.features_dir / f"{s.id}.npy"], compute, emit, budget
+    )

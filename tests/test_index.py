@@ -55,3 +55,39 @@ def test_large_datasets_are_reduced_to_kmeans_centroids_first(
     assert result.vectors == 100
     assert result.n_lists == ivf_list_count(100)
     assert result.path.name.endswith("_carol_v1.index")
+
+
+def test_a_paused_build_resumes_between_kmeans_iterations_to_the_same_index(tmp_path: Path) -> None:
+    import faiss
+
+    from rvc_core.index import IVF_ITERATIONS
+    from rvc_core.prepare import Budget, Paused
+
+    class StopAfter(Budget):
+        """Pauses before the `limit`-th unit: a deadline without the clock's noise."""
+
+        def __init__(self, limit: int) -> None:
+            super().__init__(deadline=0.0)
+            self.limit, self.units = limit, 0
+
+        def check(self, stage: str, seconds: float = 0.0, done: int = 0) -> None:
+            self.units += 1
+            if self.units > self.limit:
+                raise Paused(stage, done)
+
+    feats = np.random.default_rng(2).standard_normal((3_000, 64)).astype(np.float32)
+    whole = build_index(feats, tmp_path / "a", "dan", "v2", state_dir=tmp_path / "sa")
+    state = tmp_path / "sb"
+    with pytest.raises(Paused) as first:
+        build_index(feats, tmp_path / "b", "dan", "v2", state_dir=state, budget=StopAfter(3))
+    assert first.value.stage == "index" and first.value.done == 3
+    assert (state / "ivf_centroids.npy").exists()
+    with pytest.raises(Paused) as second:
+        build_index(feats, tmp_path / "b", "dan", "v2", state_dir=state, budget=StopAfter(4))
+    assert second.value.done == 7
+    resumed = build_index(feats, tmp_path / "b", "dan", "v2", state_dir=state)
+    assert resumed.n_lists == whole.n_lists and IVF_ITERATIONS == 10
+    a, b = (faiss.read_index(str(r.path)) for r in (whole, resumed))
+    qa, qb = (faiss.extract_index_ivf(i).quantizer for i in (a, b))
+    assert np.allclose(qa.reconstruct_n(0, qa.ntotal), qb.reconstruct_n(0, qb.ntotal), atol=1e-4)
+    assert b.ntotal == len(feats)
