@@ -140,4 +140,5 @@ def peak_problem(peak: float) -> str | None:
 
 def normalise(samples: np.ndarray, peak: float) -> np.ndarray:
     """RVC's mix of peak-normalised and original audio: x/peak * 0.9 * 0.75 + 0.25 * x."""
-    return samples / peak * (NORMALISE_TARGET * NORMALISE_ALPHA) + (1 - NORMALISE_ALPHA) * samples
+    # The same mix folded into one gain: one pass over the chunk instead of four.
+    return samples * (NORMALISE_TARGET * NORMALISE_ALPHA / peak + (1 - NORMALISE_ALPHA))
