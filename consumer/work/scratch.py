@@ -115,3 +115,56 @@ def _last_used(path: Path) -> float:
             return path.stat().st_mtime
         except OSError:
             return 0.0
+
+
+def measure(minutes: float, root: Path, *, seconds_per_file: float = 30.0) -> dict[str, object]:
+    """Peak scratch of one job of `minutes` of generated audio on the local stack (the real pipeline,
+    tiny preset, CPU, 1 epoch): `python -m consumer.work.scratch MINUTES ROOT` (docs/workdir.md)."""
+    import threading
+    import time
+
+    from consumer.local.demo import LocalStack
+    from rvc_core.testing import DatasetFile, DatasetSpec, build_dataset_zip
+
+    count = max(1, round(minutes * 60 / seconds_per_file))
+    files = [DatasetFile(f"voice_{i:03d}.wav", seconds=seconds_per_file, seed=i) for i in range(count)]
+    upload = build_dataset_zip(root / "upload" / "voice.zip", DatasetSpec(files))
+    scratch = root / "scratch"
+    stack = LocalStack(root / "stack", env={"SLICE_SECONDS": "1000", "WORK_ROOT": str(scratch)})
+    peak: dict[str, object] = {"bytes": 0}
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.05):
+            total = folder_bytes(scratch)
+            if total > int(peak["bytes"]):  # type: ignore[call-overload]
+                parts = {
+                    p.relative_to(job).as_posix(): folder_bytes(p) if p.is_dir() else p.stat().st_size
+                    for job in scratch.iterdir()
+                    for p in [*job.iterdir(), *(job / "work").glob("*")]
+                    if p.name != "work"
+                }
+                peak.update(bytes=total, parts={k: v for k, v in parts.items() if v > 100_000})
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    started = time.monotonic()
+    stack.upload(upload, "datasets/voice.zip", {"epochs": "1", "model-name": "voice"})
+    stack.run(timeout=None)
+    done.set()
+    sampler.join()
+    return {
+        "audio_minutes": count * seconds_per_file / 60,
+        "zip_bytes": upload.stat().st_size,
+        "peak_scratch_bytes": peak["bytes"],
+        "at_peak": peak.get("parts", {}),
+        "finals": [f.kind for f in stack.finals()],
+        "seconds": round(time.monotonic() - started, 1),
+    }
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+
+    print(json.dumps(measure(float(sys.argv[1]), Path(sys.argv[2])), indent=1))

@@ -314,7 +314,8 @@ class SliceRunner:
         try:
             progress = d.trainer(
                 dataset, workdir, outdir, _job_spec(s.record), environment, deadline=s.deadline,
-                should_stop=lambda: d.stop.is_set() or not keeper.owns(), progress=reporter,
+                should_stop=lambda: d.stop.is_set() or not keeper.owns(),
+                progress=self._dropping_upload(reporter, s.record, dataset, workdir),
             )  # fmt: skip
         finally:
             self._drop_extracted_upload(s.record, dataset, workdir)
@@ -374,6 +375,18 @@ class SliceRunner:
             newer = job_id_for(source_key(record.source.bucket, record.source.name, info.generation))
             raise Superseded(f"the upload was replaced by generation {info.generation}", newer)
         return path
+
+    def _dropping_upload(
+        self, reporter: Callable[[ProgressEvent], None], record: JobRecord, dataset: Path, workdir: Path
+    ) -> Callable[[ProgressEvent], None]:
+        """The progress callback, which also drops the upload as soon as a stage after `extract` starts."""
+
+        def progress(event: ProgressEvent) -> None:
+            if event.stage != "extract" and dataset.exists():
+                self._drop_extracted_upload(record, dataset, workdir)
+            reporter(event)
+
+        return progress
 
     def _drop_extracted_upload(self, record: JobRecord, dataset: Path, workdir: Path) -> None:
         """Once rvc_core extracted the zip's audio into the work dir, the zip is a second raw copy of
