@@ -130,6 +130,7 @@ def train_stage(
     grant = (
         budget.bounded and not budget.progressed and budget.remaining() < start_estimate + 2 * step_estimate
     )
+    progressed = budget.progressed
     started = monotonic()
     checks: list[float] = []
 
@@ -138,9 +139,12 @@ def train_stage(
         checks.append(now)
         if budget.should_stop is not None and budget.should_stop():
             return True
-        if not grant or len(checks) < 2:
-            return False
-        return now - checks[-2] > budget.remaining()  # the last step's time would pass the deadline
+        if not budget.bounded or (len(checks) == 1 and not progressed):
+            return False  # a call that did nothing yet takes at least one step
+        # The last step's time (periodic saves and validation included), else the measured rate:
+        # training's own estimate starts afresh in every call, and its first step would be blind.
+        step = now - checks[-2] if len(checks) > 1 else step_estimate
+        return step > budget.remaining()
 
     with budget.timed("train"):
         result = train(
