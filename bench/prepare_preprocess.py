@@ -5,7 +5,8 @@
 Generates a dataset of 16-bit 44.1 kHz mono WAV files from `rvc_core.testing.synthetic_voice` in a
 temporary folder (not timed), then runs `preprocess_all` in a fresh child process so that its peak
 memory is not mixed with the generator's, and prints audio seconds, wall seconds, the real-time
-factor and the peak RSS of the measuring process and of its worker processes.
+factor and the peak RSS of the measuring process (the workers are threads in it; the children's
+figure stays for older checkouts, whose workers were processes).
 """
 
 from __future__ import annotations

@@ -25,9 +25,9 @@ RECOMPILE_LIMIT = 16  # graphs kept per compiled module before torch falls back 
 def compile_wins(device: str) -> bool:
     """The `compile=None` default: whether compiling pays off on `device`.
 
-    Measured on CPU (docs/performance.md): the step is dominated by oneDNN convolutions that
-    inductor calls unchanged, so the gain is small and minutes of compile time eat it in short runs;
-    CPU stays eager. CUDA: not measured yet (scripts/gpu_check.sh does), so it stays eager too.
+    CPU: 88 % of the step is oneDNN convolutions (profiled), which inductor calls unchanged, and
+    compiling takes minutes there; until a measurement shows a gain, CPU stays eager. CUDA: not
+    measured yet (scripts/gpu_check.sh runs it), so it stays eager too. See docs/performance.md.
     """
     return False
 
