@@ -342,10 +342,11 @@ def test_not_a_zip_fails_once_without_retries_and_writes_no_model(tmp_path: Path
     finals = stack.finals()
     assert [(f.kind, f.data["error"]["code"]) for f in finals] == [("failed", "not_a_zip")]
     assert len(trainer.calls) == 1
-    # No model; only the rejected dataset's full report, which the failed event links to.
-    written = list((tmp_path / "stack" / "models").rglob("*.*"))
-    assert [p.name for p in written] == ["report.json"]
-    assert finals[0].data["report_uri"].endswith(f"/notes/{finals[0].data['job_id']}/report.json")
+    assert list((tmp_path / "stack" / "models").rglob("*.*")) == []
+    # The rejected dataset's full report stays beside the record; the failed event links it.
+    job_id = finals[0].data["job_id"]
+    assert finals[0].data["report_uri"].endswith(f"/state/jobs/{job_id}/report.json")
+    assert (tmp_path / "stack" / "state" / "jobs" / job_id / "report.json").exists()
 
 
 def test_invalid_metadata_fails_at_intake_without_training(tmp_path: Path, dataset: Path) -> None:

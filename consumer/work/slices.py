@@ -527,8 +527,9 @@ class SliceRunner:
         return s.answer("failed", f"{error['code']}: {error['message'][:500]}")
 
     def _upload_report(self, record: JobRecord, report: dict[str, Any]) -> str | None:
-        """A rejected dataset's full report → `MODELS/<model>/<job_id>/report.json` (the event links it)."""
-        uri = f"{self.deps.settings.models_url}/{record.model_name}/{record.job_id}/report.json"
+        """A rejected dataset's full report → `<state>/jobs/<job_id>/report.json`, beside the record
+        (the models bucket holds models only); the failed event carries a summary and links it."""
+        uri = f"{self.deps.records.job_prefix(record.job_id)}/report.json"
         try:
             self.deps.store_for(uri).write_bytes(
                 uri, json.dumps({"dataset": report}, indent=1).encode(), content_type="application/json"
