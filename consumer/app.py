@@ -10,7 +10,7 @@ from typing import Any
 from flask import Flask, Response, g, jsonify, request
 
 from consumer.edge.identity import IdentityVerifier
-from consumer.handlers import events, files, health, jobs, models, train, work
+from consumer.handlers import cancel, events, files, health, jobs, models, train, work
 from consumer.logs import log, reset_trace, set_trace
 from consumer.services import Services
 
@@ -35,6 +35,12 @@ def create_app(
         app.add_url_rule("/train", "train", lambda: train.handle(services), methods=["POST"])
         app.add_url_rule(
             "/jobs/<job_id>", "job", lambda job_id: jobs.handle(services, job_id), methods=["GET"]
+        )
+        app.add_url_rule(
+            "/jobs/<job_id>:cancel",
+            "cancel",
+            lambda job_id: cancel.handle(services, job_id),
+            methods=["POST"],
         )
         app.add_url_rule(
             "/jobs/<job_id>/files/<name>",

@@ -241,6 +241,50 @@ def test_a_failed_job_exits_1_with_its_code_and_message(stack: Stack, tmp_path: 
     assert f"job {job_id} failed: " in done.stderr
 
 
+def test_cancel_mid_training_exits_1_with_cancelled_and_one_final_event(
+    stack: Stack, dataset: Path, tmp_path: Path
+) -> None:
+    zip_path = copy_as(dataset, tmp_path / "cal.zip")
+    client = stack.start_cli(
+        "submit", str(zip_path), "--model-name", "cal", "--epochs", "500", "--wait", "--json"
+    )
+    assert client.stdout is not None
+    job_id = client.stdout.readline().strip()
+    lines: list[str] = []
+    training = threading.Event()
+
+    def read() -> None:
+        for line in client.stdout:  # type: ignore[union-attr]
+            lines.append(line)
+            if '"kind": "progress"' in line and '"stage": "train"' in line:
+                training.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    assert training.wait(60)
+    asked = time.monotonic()
+    cancelled = stack.cli("cancel", job_id)
+    assert cancelled.returncode == 0, cancelled.stderr
+    _, stderr = client.communicate(timeout=60)
+    took = time.monotonic() - asked
+    reader.join(10)
+    assert client.returncode == 1, stderr
+    assert f"job {job_id} cancelled: cancelled" in stderr
+    assert took < 30, f"the job ended {took:.0f} s after the cancel"
+    events = [json.loads(line) for line in lines if line.startswith("{")]
+    finals = [e for e in events if e["kind"] in ("succeeded", "failed", "cancelled")]
+    assert [e["kind"] for e in finals] == ["cancelled"]
+    assert finals[0]["data"]["status"] == "cancelled"
+
+    status = json.loads(stack.cli("status", job_id, "--json").stdout)
+    assert status["status"] == "cancelled" and status["error"]["code"] == "cancelled"
+    again = stack.cli("cancel", job_id)
+    assert again.returncode == 1 and "already finished (cancelled)" in again.stderr
+    time.sleep(3)  # a second final event, if any, would be out by now
+    ids = stack.shared_results()[job_id]
+    assert [i for i in ids if i.endswith((".succeeded", ".failed", ".cancelled"))] == [f"{job_id}.cancelled"]
+
+
 @pytest.fixture(scope="module")
 def real_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """The dev stack with the real pipeline (tiny preset, CPU)."""

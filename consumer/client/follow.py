@@ -30,7 +30,7 @@ EXPIRATION_SECONDS = 24 * 3600  # Pub/Sub's minimum TTL for an idle subscription
 ACK_DEADLINE_SECONDS = 60
 PULL_SECONDS = 10.0  # one pull waits at most this long for messages
 RPC_SECONDS = 30.0
-FINAL_STATUSES = frozenset({"succeeded", "failed", "superseded"})
+FINAL_STATUSES = frozenset({"succeeded", "failed", "superseded", "cancelled"})
 
 
 def subscription_name(key: str) -> str:

@@ -20,8 +20,8 @@ from consumer.errors import NotFound, PreconditionFailed
 if TYPE_CHECKING:
     from consumer.adapters.storage import ObjectStore
 
-Status = Literal["queued", "running", "succeeded", "failed", "superseded"]
-FINAL_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "superseded"})
+Status = Literal["queued", "running", "succeeded", "failed", "superseded", "cancelled"]
+FINAL_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "superseded", "cancelled"})
 CAS_ATTEMPTS = 20
 
 
@@ -75,6 +75,8 @@ class JobRecord:
     announced: list[str] = field(default_factory=list)  # result kinds already published
     announcing: dict[str, float] = field(default_factory=dict)  # kind → when a publisher claimed it
     superseded_by: str | None = None
+    # `POST /jobs/<id>:cancel` while a slice held the lease: the slice stops at its next check.
+    cancel_requested_at: str | None = None
     history: list[dict[str, Any]] = field(default_factory=list)  # the last slices: owner, times, epochs
     created_at: str = ""
     updated_at: str = ""

@@ -21,15 +21,16 @@ from consumer.jobs.records import JobRecord, JobRecords
 if TYPE_CHECKING:
     from consumer.adapters.messaging import Publisher
 
-ResultKind = Literal["accepted", "progress", "succeeded", "failed"]
+ResultKind = Literal["accepted", "progress", "succeeded", "failed", "cancelled"]
 TYPE_PREFIX = "dev.rvc-trainer.training"
 EVENT_TYPES: dict[ResultKind, str] = {
     "accepted": f"{TYPE_PREFIX}.accepted",
     "progress": f"{TYPE_PREFIX}.progress",
     "succeeded": f"{TYPE_PREFIX}.succeeded",
     "failed": f"{TYPE_PREFIX}.failed",
+    "cancelled": f"{TYPE_PREFIX}.cancelled",
 }
-FINAL_KINDS: frozenset[str] = frozenset({"succeeded", "failed"})
+FINAL_KINDS: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
 CE_PREFIX = "ce-"
 
 # Every result's data stays under this many bytes, far below Pub/Sub's 10 MB per message: a dataset
@@ -60,7 +61,7 @@ def event_data(kind: ResultKind, record: JobRecord, extra: Mapping[str, Any] | N
         data["unknown_metadata_keys"] = list(record.unknown_keys)
     if kind == "progress":
         data["stage"] = record.stage
-        data["progress"] = record.progress
+        data["progress"] = event_progress(record.progress)
     if kind == "succeeded":
         data.update(artifacts=record.artifacts, metrics=record.metrics, dataset_report=record.dataset_report)
     if kind == "failed":
@@ -69,10 +70,23 @@ def event_data(kind: ResultKind, record: JobRecord, extra: Mapping[str, Any] | N
             data["artifacts"] = {"report": record.artifacts["report"]}
         if record.superseded_by:
             data["superseded_by"] = record.superseded_by
+    if kind == "cancelled":  # where it stopped; its work files are gone
+        data.update(
+            error=capped_error(record.error),
+            stage=record.stage,
+            progress=event_progress(record.progress),
+            dataset_report=record.dataset_report,
+        )
     if kind in FINAL_KINDS and record.artifacts.get("report"):
         data["report_uri"] = record.artifacts["report"]
     data.update(extra or {})
     return bounded_data(data)
+
+
+def event_progress(progress: Mapping[str, Any]) -> dict[str, Any]:
+    """The record's progress without its per-epoch `history` (up to 200 entries, for the job page):
+    events carry the latest numbers only."""
+    return {k: v for k, v in progress.items() if k != "history"}
 
 
 def capped_error(error: Mapping[str, Any] | None) -> dict[str, Any] | None:
@@ -206,8 +220,11 @@ class Results:
 
 
 def final_kind(record: JobRecord) -> ResultKind:
-    """The one final result of a finished job: `succeeded`, or `failed` (failed and superseded)."""
-    return "succeeded" if record.status == "succeeded" else "failed"
+    """The one final result of a finished job: `succeeded`, `cancelled`, or `failed` (failed and
+    superseded)."""
+    if record.status in ("succeeded", "cancelled"):
+        return record.status  # type: ignore[return-value]
+    return "failed"
 
 
 # A claim to publish a result, older than this, was left by a publisher that died: take it over.
@@ -272,7 +289,7 @@ def publish_once(
 class ReceivedResult:
     """A result as a subscriber sees it (tests, the demo)."""
 
-    kind: str  # accepted, progress, succeeded, failed
+    kind: str  # accepted, progress, succeeded, failed, cancelled
     id: str
     subject: str
     attributes: dict[str, str]

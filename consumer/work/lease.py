@@ -1,9 +1,11 @@
-"""The job's lease, renewed while a slice runs, carrying the latest progress into the record."""
+"""The job's lease, renewed while a slice runs, carrying the latest progress into the record, and
+watching the record's cancel flag."""
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -14,6 +16,9 @@ logger = logging.getLogger(__name__)
 # A new stage or epoch is written into the record at once (so `GET /jobs/<id>` shows it), but at
 # most once per this many seconds: each write is one compare-and-swap of the record.
 PROGRESS_WRITE_SECONDS = 5.0
+# Between renewals the keeper reads the record this often (a read, never a write) to see a cancel
+# (`POST /jobs/<id>:cancel` sets `cancel_requested_at`): the slice stops within seconds.
+CANCEL_POLL_SECONDS = 2.0
 
 
 class LeaseKeeper:
@@ -23,6 +28,9 @@ class LeaseKeeper:
     the slice stops at its next clean point without advancing the job. `owns()` says whether the
     last successful renewal is younger than the lease: a slice whose renewals failed for a whole
     lease may have lost the job without knowing it, and must write nothing more.
+
+    `cancelled` is set once the record's cancel flag is seen (by a renewal, or by a read every
+    `cancel_poll` seconds in between): the slice's `should_stop` then says stop.
     """
 
     def __init__(
@@ -35,6 +43,7 @@ class LeaseKeeper:
         *,
         renewed_at: float | None = None,
         progress_interval: float = PROGRESS_WRITE_SECONDS,
+        cancel_poll: float = CANCEL_POLL_SECONDS,
     ) -> None:
         self.records = records
         self.job_id = job_id
@@ -42,14 +51,16 @@ class LeaseKeeper:
         self.ttl = ttl
         self.clock = clock
         self.progress_interval = progress_interval
+        self.cancel_poll = cancel_poll
         self.lost = threading.Event()
+        self.cancelled = threading.Event()
         self.renewed_at = clock() if renewed_at is None else renewed_at  # last successful renewal
         self._done = threading.Event()
         self._wake = threading.Event()
         self._lock = threading.Lock()
         self._progress: dict[str, Any] | None = None
         self._stage: str | None = None
-        self._written: tuple[str | None, Any] = (None, None)  # (stage, epoch) last written
+        self._written: tuple[str | None, Any, int] = (None, None, 0)  # (stage, epoch, history) written
         self._written_at = float("-inf")
         self._thread = threading.Thread(target=self._run, name=f"lease-{job_id}", daemon=True)
 
@@ -71,23 +82,52 @@ class LeaseKeeper:
         forward (at most one write per `progress_interval`), so `GET /jobs/<id>` shows it soon."""
         with self._lock:
             self._stage, self._progress = stage, progress
-            changed = (stage, progress.get("epoch")) != self._written
+            changed = _position(stage, progress) != self._written
         if changed:
             self._wake.set()
 
     def _run(self) -> None:
+        """Renews every third of the lease; writes new progress at once (at most one write per
+        `progress_interval`); between renewals reads the record every `cancel_poll` seconds."""
+        beat = self.ttl / 3
+        renewed = checked = time.monotonic()
+        pending = False  # new progress waits for its write
         while True:
-            woken = self._wake.wait(self.ttl / 3)
-            self._wake.clear()
+            now = time.monotonic()
+            due = [renewed + beat, checked + self.cancel_poll]
+            if pending:
+                due.append(now + max(0.0, self._written_at + self.progress_interval - self.clock()))
+            if self._wake.wait(max(0.0, min(due) - now)):
+                self._wake.clear()
+                if self._done.is_set():
+                    return
+                pending = True
+                continue
             if self._done.is_set():
                 return
-            wait = self._written_at + self.progress_interval - self.clock()
-            if woken and wait > 0 and self._done.wait(min(wait, self.ttl / 3)):  # rate limit
-                return
-            try:
-                self.renew()
-            except Exception as err:  # a failed renewal is retried at the next beat; expiry decides
-                log(logger, logging.WARNING, "lease renewal failed", job_id=self.job_id, error=repr(err))
+            now = time.monotonic()
+            progress_due = pending and self.clock() >= self._written_at + self.progress_interval
+            if progress_due or now - renewed >= beat * 0.99:
+                pending, renewed, checked = False, now, now
+                try:
+                    self.renew()
+                except Exception as err:  # a failed renewal is retried at the next beat; expiry decides
+                    log(logger, logging.WARNING, "lease renewal failed", job_id=self.job_id, error=repr(err))
+            elif now - checked >= self.cancel_poll * 0.99:
+                checked = now
+                self.check_cancel()  # between renewals: a read only
+
+    def check_cancel(self) -> None:
+        """Reads the record (never writes it) and sets `cancelled` when a cancel was asked for."""
+        if self.cancelled.is_set():
+            return
+        try:
+            record = self.records.get(self.job_id)
+        except Exception as err:  # the next renewal reads it too
+            log(logger, logging.WARNING, "cancel check failed", job_id=self.job_id, error=repr(err))
+            return
+        if record is not None and record.cancel_requested_at:
+            self.cancelled.set()
 
     def renew(self) -> None:
         with self._lock:
@@ -98,6 +138,8 @@ class LeaseKeeper:
             if r.lease is None or r.lease.owner != self.owner:
                 self.lost.set()
                 return False
+            if r.cancel_requested_at:
+                self.cancelled.set()
             r.lease = Lease(self.owner, attempted + self.ttl)
             if progress is not None:
                 r.stage, r.progress = stage or r.stage, progress
@@ -107,5 +149,12 @@ class LeaseKeeper:
         if not self.lost.is_set():
             self.renewed_at = attempted
             with self._lock:
-                self._written = (stage, progress.get("epoch") if progress else None)
+                self._written = _position(stage, progress)
                 self._written_at = attempted
+
+
+def _position(stage: str | None, progress: dict[str, Any] | None) -> tuple[str | None, Any, int]:
+    """What makes a progress write due at once: a new stage, epoch, or finished-epoch entry."""
+    if progress is None:
+        return stage, None, 0
+    return stage, progress.get("epoch"), len(progress.get("history") or ())

@@ -1,4 +1,7 @@
-"""Progress of a running slice: `progress` results at each stage and every N epochs."""
+"""Progress of a running slice: `progress` results at each stage and every N epochs, and the record's
+`progress.history`: one `{"epoch", "losses"}` per finished epoch (the last HISTORY_EPOCHS), for the
+job page's loss curves while the job runs. Events never carry the history (`results.event_progress`).
+"""
 
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ if TYPE_CHECKING:
     from rvc_core.progress import ProgressEvent
 
 logger = logging.getLogger(__name__)
+HISTORY_EPOCHS = 200  # entries kept in the record's progress.history
 
 
 class ProgressReporter:
@@ -28,6 +32,8 @@ class ProgressReporter:
         keeper: LeaseKeeper,
         every_epochs: int,
         watch: Stopwatch | None = None,
+        *,
+        history: list[dict[str, Any]] | None = None,
     ) -> None:
         self.results = results
         self.record = record
@@ -35,9 +41,12 @@ class ProgressReporter:
         self.every_epochs = every_epochs
         self.watch = watch or Stopwatch()
         self._last: tuple[str, int | None] | None = None
+        self.history: list[dict[str, Any]] = list(history or [])  # replaced, never changed in place
 
     def __call__(self, event: ProgressEvent) -> None:
-        snapshot = {**progress_numbers(event), "message": event.message}
+        if epoch_finished(event):
+            self.history = appended(self.history, int(event.epoch or 0), event.losses)
+        snapshot = with_history({**progress_numbers(event), "message": event.message}, self.history)
         self.keeper.note_progress(event.stage, snapshot)
         if not self._worth_publishing(event):
             return
@@ -70,3 +79,23 @@ def progress_numbers(progress: Any) -> dict[str, Any]:
         "losses": dict(progress.losses),
         "eta_seconds": progress.eta_seconds,
     }
+
+
+def epoch_finished(event: ProgressEvent) -> bool:
+    """rvc_core's end-of-epoch report: `epoch N done`, with the epoch's mean losses and the
+    validation mel (its reports inside an epoch carry the interval's losses and no validation)."""
+    if event.stage != "train" or not event.epoch or not event.losses:
+        return False
+    return event.message == f"epoch {event.epoch} done" or "validation_mel" in event.losses
+
+
+def appended(history: list[dict[str, Any]], epoch: int, losses: dict[str, float]) -> list[dict[str, Any]]:
+    """A new list: `history` without entries of `epoch` or later (a slice that resumed from an earlier
+    checkpoint trains them again), then this epoch's entry, the last HISTORY_EPOCHS kept."""
+    kept = [h for h in history if isinstance(h.get("epoch"), int) and h["epoch"] < epoch]
+    return [*kept, {"epoch": epoch, "losses": dict(losses)}][-HISTORY_EPOCHS:]
+
+
+def with_history(numbers: dict[str, Any], history: list[dict[str, Any]]) -> dict[str, Any]:
+    """The record's progress: the latest numbers, and the per-epoch history when there is one."""
+    return {**numbers, "history": history} if history else numbers

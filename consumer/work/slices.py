@@ -10,8 +10,10 @@ Token rules: a token behind the record's `seq` is stale (done, dropped); one ahe
 queued just before its predecessor advanced the record (retry later); a job leased by a live
 owner is retried later; a lease that expired means its slice died, which counts as a failure. A
 job failing MAX_CONSECUTIVE_FAILURES slices in a row is marked failed. A newer upload of the same
-model name supersedes an unfinished job. Each job publishes exactly one final result. A "retry
-later" answer costs the job nothing: the queue retries without limit, so waiting never fails.
+model name supersedes an unfinished job. A cancel (`POST /jobs/<id>:cancel`) flags a leased job:
+the lease keeper sees the flag within seconds, training stops at its next check and the slice
+finalises the job `cancelled`. Each job publishes exactly one final result. A "retry later" answer
+costs the job nothing: the queue retries without limit, so waiting never fails.
 """
 
 from __future__ import annotations
@@ -28,13 +30,14 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from consumer.errors import SLICE_FAILED, SLICE_LOST, NotFound, PreconditionFailed, Superseded
 from consumer.jobs.records import JobRecord, JobRecords, Lease, job_id_for, source_key
-from consumer.jobs.results import ResultKind, Results, final_kind, publish_once, summarised
+from consumer.jobs.results import Results, summarised
 from consumer.jobs.waiting import WaitingLine
 from consumer.logs import log
 from consumer.work.artifacts import publish_artifacts
+from consumer.work.finalise import Finaliser, FinalNotPublished, cancelled_error
 from consumer.work.lease import LeaseKeeper
 from consumer.work.mirror import WorkdirMirror
-from consumer.work.progress import ProgressReporter, progress_numbers
+from consumer.work.progress import ProgressReporter, progress_numbers, with_history
 from consumer.work.scratch import ScratchSpace, default_budget
 from consumer.work.timings import Stopwatch
 from consumer.work.tokens import WorkQueue, WorkToken
@@ -51,8 +54,7 @@ NO_PROGRESS = "no_progress"  # error code: slices advance but no stage finishes 
 DATASET_MARKER = "dataset.json"  # beside the job's work dir once the zip was extracted and removed
 
 
-class FinalNotPublished(Exception):
-    """The job is final but its final result could not be published (yet): answer "retry later"."""
+__all__ = ["FinalNotPublished", "SliceAnswer", "SliceDeps", "SliceRunner", "Trainer"]
 
 
 # --- the trainer and the slice --------------------------------------------------------------------
@@ -84,6 +86,7 @@ Outcome = Literal[
     "finished",
     "failed",
     "superseded",
+    "cancelled",
     "stale",
     "unknown_job",
     "malformed",
@@ -99,6 +102,7 @@ HTTP_STATUS: dict[Outcome, int] = {
     "finished": 200,
     "failed": 200,
     "superseded": 200,
+    "cancelled": 200,
     "stale": 200,
     "unknown_job": 200,
     "malformed": 200,
@@ -178,6 +182,7 @@ class _Slice:
     epoch_from: int  # the epoch of the last persisted checkpoint
     deadline: float  # time.monotonic() value
     watch: Stopwatch  # where the slice's time goes
+    history: list[dict[str, Any]] = field(default_factory=list)  # progress.history: per-epoch losses
 
     @property
     def job_id(self) -> str:
@@ -231,11 +236,12 @@ class SliceRunner:
             return SliceAnswer("unknown_job", "no record for this job", token.job_id, token.seq)
         if decision == "final":
             return self._redelivered_final(token, record)
-        if decision == "started":
+        if decision == "started" and not record.cancel_requested_at:
             self._announce_start(record)
         elif decision != "taken":
             return SliceAnswer(decision, _DECISION_DETAIL[decision], token.job_id, token.seq)
         s = _Slice(token, record, d.clock(), int(record.progress.get("epoch") or 0), deadline, watch)
+        s.history = list(record.progress.get("history") or [])
         log(logger, logging.INFO, "slice started", job_id=s.job_id, seq=token.seq, owner=d.owner)
         try:
             return self._leased(s)
@@ -261,6 +267,8 @@ class SliceRunner:
         """The slice once it holds the lease: any error from here on releases the lease (counted)."""
         d, record = self.deps, s.record
         try:
+            if record.cancel_requested_at:  # cancelled while a slice held it, which then died
+                return self._cancel(s)
             if record.consecutive_failures >= d.settings.max_consecutive_failures:
                 return self._fail(
                     s, record.error or _error(record.stage, SLICE_FAILED, "too many failures", True)
@@ -301,7 +309,9 @@ class SliceRunner:
         with s.watch.part("dataset"):
             dataset = self._dataset(s.record, local / "dataset.zip", workdir)
         shutil.rmtree(outdir, ignore_errors=True)
-        reporter = ProgressReporter(d.results, s.record, keeper, d.settings.progress_every_epochs, s.watch)
+        reporter = ProgressReporter(
+            d.results, s.record, keeper, d.settings.progress_every_epochs, s.watch, history=s.history
+        )
         from rvc_core.jobspec import JobEnvironment
 
         environment = JobEnvironment(
@@ -314,15 +324,18 @@ class SliceRunner:
         try:
             progress = d.trainer(
                 dataset, workdir, outdir, _job_spec(s.record), environment, deadline=s.deadline,
-                should_stop=lambda: d.stop.is_set() or not keeper.owns(),
+                should_stop=lambda: d.stop.is_set() or keeper.cancelled.is_set() or not keeper.owns(),
                 progress=self._dropping_upload(reporter, s.record, dataset, workdir),
             )  # fmt: skip
         finally:
             self._drop_extracted_upload(s.record, dataset, workdir)
         publishing = s.watch.seconds("progress") - progress_before
         s.watch.add("run_job", s.watch.clock() - started - publishing)
+        s.history = reporter.history
         if (stopped := self._not_owner(s, keeper)) is not None:
             return stopped
+        if keeper.cancelled.is_set() and progress.status != "finished":  # a finished job succeeds
+            return self._cancel(s, progress)
         if progress.status == "finished":
             with s.watch.part("artifacts"):
                 files = self._with_report(dict(progress.artifacts), progress.dataset_report, outdir)
@@ -471,10 +484,13 @@ class SliceRunner:
         # job (record advanced, no task in the queue).
         with s.watch.part("queue_next"):
             d.work.enqueue(WorkToken(s.job_id, s.token.seq + 1))
-        advanced = [False]
+        advanced, cancelled = [False], [False]
 
         def advance(r: JobRecord) -> bool:
             if r.lease is None or r.lease.owner != d.owner or r.seq != s.token.seq:
+                return False
+            cancelled[0] = bool(r.cancel_requested_at)
+            if cancelled[0]:  # asked since the keeper last looked: end it now, not one turn later
                 return False
             s.note(r, "advanced" if stuck is None else f"error: {NO_PROGRESS}", d.clock(), progress.epoch)
             r.seq += 1
@@ -483,13 +499,15 @@ class SliceRunner:
             r.consecutive_failures = 0 if stuck is None else r.consecutive_failures + 1
             r.error = stuck
             r.stage = progress.stage
-            r.progress = progress_numbers(progress)
+            r.progress = with_history(progress_numbers(progress), s.history)
             r.dataset_report = _summary(progress.dataset_report) or r.dataset_report
             advanced[0] = True
             return True
 
         with s.watch.part("advance"):
             d.records.update(s.job_id, advance)
+        if cancelled[0]:
+            return self._cancel(s, progress)  # the next token finds the job final and is dropped
         if not advanced[0]:
             return s.answer("lease_lost", "the lease was taken over before the job advanced")
         return s.answer("advanced", f"next token {s.token.seq + 1}")
@@ -501,7 +519,7 @@ class SliceRunner:
             r.artifacts = artifacts
             r.metrics = dict(progress.metrics)
             r.dataset_report = _summary(progress.dataset_report) or r.dataset_report
-            r.progress = progress_numbers(progress)
+            r.progress = with_history(progress_numbers(progress), s.history)
             r.stage = "done"
             r.error = None
 
@@ -555,6 +573,26 @@ class SliceRunner:
             return s.answer("lease_lost", "the lease was taken over before the job was superseded")
         return s.answer("superseded", message)
 
+    def _cancel(self, s: _Slice, progress: Any = None) -> SliceAnswer:
+        """Ends a job whose cancel was requested while this slice held it: `cancelled`, its one final
+        result, its work files removed (nothing of this slice is uploaded)."""
+
+        def cancel(r: JobRecord) -> None:
+            s.note(r, "cancelled", self.deps.clock(), None if progress is None else progress.epoch)
+            if progress is not None:
+                r.stage = progress.stage
+                r.progress = with_history(progress_numbers(progress), s.history)
+            r.error = cancelled_error(r.stage)
+
+        if self._finalise(s, "cancelled", cancel) is None:
+            return s.answer("lease_lost", "the lease was taken over before the job was cancelled")
+        return s.answer("cancelled", "cancelled on request")
+
+    @property
+    def finaliser(self) -> Finaliser:
+        d = self.deps
+        return Finaliser(d.records, d.results, d.line, d.store_for, d.clock)
+
     def _finalise(self, s: _Slice, status: str, change: Callable[[JobRecord], None]) -> JobRecord | None:
         """Moves the job to a final status (once), publishes its one final result, drops its work files.
         None: this slice no longer holds the job (the compare-and-swap checks the lease and the seq)."""
@@ -563,24 +601,18 @@ class SliceRunner:
 
     def _move_to_final(self, s: _Slice, status: str, change: Callable[[JobRecord], None]) -> JobRecord | None:
         d = self.deps
-        moved = [False]
 
-        def apply(r: JobRecord) -> bool:
-            moved[0] = False
-            if r.is_final or r.lease is None or r.lease.owner != d.owner or r.seq != s.token.seq:
+        def mine(r: JobRecord) -> bool:
+            if r.lease is None or r.lease.owner != d.owner or r.seq != s.token.seq:
                 return False
             change(r)
-            r.status = status  # type: ignore[assignment]
-            r.lease = None
-            r.announcing[final_kind(r)] = d.clock()  # the claim to publish the final result
-            moved[0] = True
             return True
 
-        record = d.records.update(s.job_id, apply)
-        if not moved[0] and not record.is_final:
+        record, moved = self.finaliser.move(s.job_id, status, mine)
+        if not moved and not record.is_final:
             return None  # another owner holds the job now: it finishes it
         try:
-            published = self._publish_final(record, claimed=moved[0])
+            published = self._publish_final(record, claimed=moved)
             d.line.leave(record)
         finally:
             self._forget_work(s.job_id)
@@ -589,31 +621,7 @@ class SliceRunner:
     def _publish_final(self, record: JobRecord, *, claimed: bool) -> JobRecord | None:
         """publish_once for the final result. A failed publish gives the claim back and raises
         FinalNotPublished: the job keeps its status and the token is retried until the result is out."""
-        d, kind = self.deps, final_kind(record)
-        try:
-            return publish_once(d.results, d.records, record, kind, claimed=claimed)
-        except Exception as err:
-            log(
-                logger,
-                logging.ERROR,
-                "final result not published",
-                job_id=record.job_id,
-                kind=kind,
-                error=repr(err),
-            )
-            try:
-                d.records.update(record.job_id, _release_claim(kind))
-            except Exception as release_err:  # the claim then expires on its own (CLAIM_SECONDS)
-                log(
-                    logger,
-                    logging.WARNING,
-                    "claim not released",
-                    job_id=record.job_id,
-                    error=repr(release_err),
-                )
-            raise FinalNotPublished(
-                f"job {record.status}; its {kind} result is not published yet: {err!r}"[:2000]
-            ) from err
+        return self.finaliser.publish(record, claimed=claimed)
 
     def _count_failure(self, s: _Slice, error: dict[str, Any]) -> SliceAnswer:
         d = self.deps
@@ -652,20 +660,8 @@ class SliceRunner:
 
     def _forget_work(self, job_id: str) -> None:
         """Stage outputs and checkpoints are no use once a job is final; the record stays."""
-        d = self.deps
-        local = self._local_dir(job_id)
         self.scratch.forget(job_id)
-        try:
-            store = d.store_for(d.records.state_url)
-            WorkdirMirror(store, f"{d.records.job_prefix(job_id)}/work", local / "work").delete_remote()
-        except Exception as err:  # leftovers cost storage, not correctness
-            log(
-                logger,
-                logging.WARNING,
-                "could not remove a finished job's work files",
-                job_id=job_id,
-                error=repr(err),
-            )
+        self.finaliser.delete_work(job_id)
 
 
 _DECISION_DETAIL: dict[str, str] = {
@@ -706,13 +702,6 @@ def _position(progress: Any) -> tuple[str, int, int]:
 def _position_of(record: JobRecord) -> tuple[str, int, int]:
     p = record.progress
     return str(p.get("stage") or record.stage), int(p.get("epoch") or 0), int(p.get("step") or 0)
-
-
-def _release_claim(kind: ResultKind) -> Callable[[JobRecord], bool]:
-    def release(r: JobRecord) -> bool:
-        return r.announcing.pop(kind, None) is not None
-
-    return release
 
 
 def _error(stage: str | None, code: str, message: str, retryable: bool) -> dict[str, Any]:
