@@ -323,3 +323,21 @@ def test_history_is_written_where_progress_is_and_survives_slices(tmp_path: Path
     # Progress events carry the latest numbers, never the history.
     progress_events = [r for r in stack.results if r.kind == "progress" and r.data.get("progress")]
     assert progress_events and all("history" not in r.data["progress"] for r in progress_events)
+
+
+# --- the dead-letter function -----------------------------------------------------------------------------
+def test_the_dead_letter_function_publishes_a_cancelled_jobs_result_as_cancelled() -> None:
+    """A cancelled job whose result never went out: the function sends `cancelled`, once."""
+    from consumer.jobs.records import JobRecords
+    from consumer.jobs.results import Results
+    from tests import test_dead_letter as dl
+
+    records = JobRecords(dl.MemoryStore(), dl.STATE)  # type: ignore[arg-type]
+    publisher = dl.RecordingPublisher()
+    deps = dl.fn.Deps(records=records, results=Results(publisher, dl.RESULTS_TOPIC, project=dl.PROJECT))
+    error = {"stage": "train", "code": "cancelled", "message": "cancelled on request", "retryable": False}
+    dl.put(records, dl.service_record(status="cancelled", error=error, lease=None))
+
+    assert dl.fn.process(dl.intake_letter("datasets/alice.zip"), deps).action == "reported"
+    assert dl.fn.process(dl.intake_letter("datasets/alice.zip"), deps).action == "already_reported"
+    assert [r.kind for r in publisher.results()] == ["cancelled"]
