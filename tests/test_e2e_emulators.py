@@ -54,7 +54,7 @@ from tests.emulators import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-FINAL_KINDS = ("succeeded", "failed")
+FINAL_KINDS = ("succeeded", "failed", "cancelled")
 
 
 # --- the service as a process --------------------------------------------------------------------

@@ -34,7 +34,7 @@ from rvc_core.testing import simple_dataset_zip
 from tests.emulators import FAKE_SERVICE_COMMAND
 from tests.factories_consumer import FakeTrainer
 
-FINAL_KINDS = ("succeeded", "failed")
+FINAL_KINDS = ("succeeded", "failed", "cancelled")
 OLD_RETRY_HORIZON = 10  # the old design's max_delivery_attempts (Terraform's default): 10 deliveries
 
 

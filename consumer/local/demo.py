@@ -160,10 +160,12 @@ class LocalStack:
                 time.sleep(0.005)
 
     def finals(self, job_id: str | None = None) -> list[ReceivedResult]:
+        from consumer.jobs.results import FINAL_KINDS
+
         return [
             r
             for r in self.results
-            if r.kind in ("succeeded", "failed") and (job_id is None or r.data["job_id"] == job_id)
+            if r.kind in FINAL_KINDS and (job_id is None or r.data["job_id"] == job_id)
         ]
 
 
