@@ -132,7 +132,10 @@ def cancel(args: argparse.Namespace, config: ClientConfig) -> int:
         raise CommandError(str(err)) from None
     error = answer.body.get("error") or {}
     if answer.status in (200, 202):
-        print(f"cancel requested for {args.job}: a running slice stops within seconds; the job ends `cancelled`", file=sys.stderr)
+        print(
+            f"cancel requested for {args.job}: a running slice stops in seconds; the job ends `cancelled`",
+            file=sys.stderr,
+        )
         return EXIT_OK
     if answer.status == 409:
         raise CommandError(
@@ -317,7 +320,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("directory")
     p.set_defaults(run=download)
 
-    p = sub.add_parser("cancel", parents=[common], help="stop a job (it ends `cancelled`, with one final event)")
+    p = sub.add_parser("cancel", parents=[common], help="stop a job (it ends `cancelled`: one final event)")
     p.add_argument("job")
     p.set_defaults(run=cancel)
     return top
