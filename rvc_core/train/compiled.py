@@ -19,7 +19,9 @@ if TYPE_CHECKING:
     from rvc_core.train.step import Trainee
 
 LENGTH_MULTIPLE = 64  # frames (0.64 s): pad each compiled batch's frame axis up to a multiple of this
-RECOMPILE_LIMIT = 16  # graphs kept per compiled module before torch falls back to eager
+# Graphs kept per code object before torch falls back to eager. The 8 period discriminators share
+# one `forward`, each seen with grad (2B, B) and without (B): 24 graphs before any length bucket.
+RECOMPILE_LIMIT = 64
 
 
 def compile_wins(device: str) -> bool:
