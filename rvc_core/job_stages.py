@@ -23,6 +23,7 @@ import numpy as np
 
 from rvc_core.assets import AssetStore
 from rvc_core.atomic import atomic_path, write_json
+from rvc_core.continue_from import write_checkpoint_pair
 from rvc_core.export import ExportInfo, build_export, save_export
 from rvc_core.jobspec import JobEnvironment, JobProgress, JobSpec
 from rvc_core.layout import WorkDir
@@ -88,7 +89,10 @@ def pretrained_paths(
 def train_config(spec: JobSpec, env: JobEnvironment, environ: Mapping[str, str]) -> Any:
     from rvc_core.train import TrainConfig
 
-    g, d = pretrained_paths(spec, env.pretrained, environ)
+    if env.base_g and env.base_d:  # continue training from another model's checkpoint pair
+        g, d = Path(env.base_g), Path(env.base_d)
+    else:
+        g, d = pretrained_paths(spec, env.pretrained, environ)
     return TrainConfig(
         version=spec.version,
         sample_rate=spec.sample_rate,
@@ -143,7 +147,8 @@ def train_stage(
             return False  # a call that did nothing yet takes at least one step
         # The last step's time (periodic saves and validation included), else the measured rate:
         # training's own estimate starts afresh in every call, and its first step would be blind.
-        step = now - checks[-2] if len(checks) > 1 else step_estimate
+        # The larger of the two: a step's time varies (a shared CPU, an epoch's validation).
+        step = max(now - checks[-2], step_estimate) if len(checks) > 1 else step_estimate
         return step > budget.remaining()
 
     with budget.timed("train"):
@@ -163,6 +168,9 @@ def train_stage(
         if steps > 0:
             budget.record("train_step", ended - checks[0], steps)
     if result.status == "finished":
+        # Outputs of an earlier run's model (a rerun asking for more epochs) are stale now.
+        for stage in FINISH_STAGES[1:]:
+            (Path(workdir) / "stages" / f"{stage}.json").unlink(missing_ok=True)
         write_json(marker, _train_result_json(result, Path(workdir), spec))
     return result
 
@@ -331,6 +339,8 @@ def finish_job(
         return {"file": write_model_zip(out / f"{spec.model_name}.zip", [pth, index_path]).name}
 
     _unit("zip", wd, budget, budget.estimate("zip", zip_mb), emit, f"{spec.model_name}.zip")(zip_body)
+    with budget.timed("checkpoints"):  # G_<n>.pth / D_<n>.pth, to continue training from
+        pair = write_checkpoint_pair(trained.checkpoint, out)
     with budget.timed("deliver"):
         outdir.mkdir(parents=True, exist_ok=True)
         for stale in outdir.glob(f"added_IVF*_Flat_nprobe_1_{spec.model_name}_{spec.version}.index"):
@@ -344,6 +354,7 @@ def finish_job(
             "report_png": "report.png",
             "zip": f"{spec.model_name}.zip",
             **{f"pth_e{epoch}": name for epoch, name in export["extra"].items()},
+            **{key: path.name for key, path in pair.artifacts().items()},
         }
         artifacts = {key: _deliver(out / name, outdir / name) for key, name in names.items()}
     return JobProgress(

@@ -117,6 +117,10 @@ class Budget:
         """Whether a unit of `seconds` may start now (always, before this call did any work)."""
         return not self.progressed or seconds <= self.remaining()
 
+    def grows(self, seconds: float) -> bool:
+        """Whether a unit already granted may grow to `seconds` (a bigger batch or chunk)."""
+        return seconds <= self.remaining()
+
     def check(self, stage: str, seconds: float = 0.0, done: int = 0) -> None:
         if self.should_stop is not None and self.should_stop():
             raise Paused(stage, done, "should_stop")
@@ -344,11 +348,10 @@ def _preprocess_chunk(todo: Sequence[SourceFile], pool: int, budget: Budget) -> 
     chunk: list[SourceFile] = []
     for source in todo:
         candidate = [*chunk, source]
-        if not budget.fits(_chunk_seconds(candidate, pool, budget)) and (chunk or budget.progressed):
+        seconds = _chunk_seconds(candidate, pool, budget)
+        if not (budget.grows(seconds) if chunk else budget.fits(seconds)):
             break
         chunk = candidate
-        if not budget.progressed and len(chunk) >= pool:
-            break  # a call's first chunk is granted whatever it costs: keep it to one round
     return chunk
 
 
@@ -426,7 +429,8 @@ def _budgeted_batches(
         for seg in ordered:
             if batch and total + seg.seconds > BATCH_SECONDS:
                 break
-            if not budget.fits(budget.estimate(stage, total + seg.seconds)) and (batch or budget.progressed):
+            seconds = budget.estimate(stage, total + seg.seconds)
+            if not (budget.grows(seconds) if batch else budget.fits(seconds)):
                 break
             batch.append(seg)
             total += seg.seconds
