@@ -39,6 +39,12 @@ class JobSpec:
     preset: str = "full"  # "tiny": same architecture, small widths (CPU tests, demo)
     seed: int = 1234
     export: str = "best"  # "best" (by validation loss) or "final"
+    # Continue training: start from the latest success of this model instead of RVC's pretrained
+    # weights. The service resolves it at intake to that job's checkpoint pair (G_<n>.pth, D_<n>.pth)
+    # and records their locations here; the worker downloads them into `JobEnvironment.base_g/_d`.
+    base_model: str | None = None
+    base_g: str | None = None  # URI of the base model's G_<n>.pth (resolved at intake)
+    base_d: str | None = None  # URI of the base model's D_<n>.pth
 
     def __post_init__(self) -> None:
         if not MODEL_NAME_RE.match(self.model_name):
@@ -53,6 +59,8 @@ class JobSpec:
             raise ConfigError(f"preset must be full or tiny, got {self.preset!r}")
         if self.export not in EXPORT_CHOICES:
             raise ConfigError(f"export must be best or final, got {self.export!r}")
+        if self.base_model is not None and not MODEL_NAME_RE.match(self.base_model):
+            raise ConfigError(f"base_model must match [A-Za-z0-9_-]{{1,64}}, got {self.base_model!r}")
         self.prepare_config()  # validates rate, version, f0 method, segment length
 
     def prepare_config(self) -> PrepareConfig:
@@ -71,6 +79,10 @@ class JobEnvironment:
     device: str = "cpu"
     workers: int | None = None  # preprocessing processes
     tensorboard: str | None = None  # folder for TensorBoard scalars
+    # Local G_<n>.pth / D_<n>.pth to start from instead of `pretrained` (continue training);
+    # read only when training starts (a resumed run has its own checkpoint).
+    base_g: str | None = None
+    base_d: str | None = None
 
 
 @dataclass
