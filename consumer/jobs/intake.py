@@ -12,7 +12,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 from consumer.edge.deliveries import Ignored, ObjectFinalized
@@ -125,7 +125,7 @@ class Intake:
         object_name = dataset_url.rstrip("/").rsplit("/", 1)[-1]
         try:
             fields = requested_spec(options, object_name=object_name).fields
-            spec = build_job_spec(fields, preset=self.settings.train_preset)
+            spec = self._resolve_base(build_job_spec(fields, preset=self.settings.train_preset))
         except InvalidMetadata as err:
             return IntakeResult("rejected", reason=err.message, error=err.as_dict())
         if output_url is not None:
@@ -198,7 +198,7 @@ class Intake:
             )
         try:
             requested = requested_spec(metadata, object_name=source.name)
-            spec = build_job_spec(requested.fields, preset=self.settings.train_preset)
+            spec = self._resolve_base(build_job_spec(requested.fields, preset=self.settings.train_preset))
         except InvalidMetadata as err:
             return JobRecord(
                 job_id=job_id,
@@ -218,6 +218,49 @@ class Intake:
             unknown_keys=list(requested.unknown_keys),
             output_url=output_url,
         )
+
+    def _resolve_base(self, spec: Any) -> Any:
+        """`base-model=<name>`: the spec with the G/D pair of that model's latest success
+        (`MODELS/<name>/latest.json`). `InvalidMetadata` naming the problem when there is none, it
+        has no pair, or its sample rate, version or preset differ from this job's."""
+        name = spec.base_model
+        if name is None:
+            return spec
+        accepted = "a model with a successful job here, of the same sample rate, version and preset"
+        uri = f"{self.settings.models_url}/{name}/latest.json"
+        try:
+            latest = json.loads(self.store_for(uri).read_bytes(uri)[0])
+        except NotFound:
+            raise InvalidMetadata(
+                f"base-model {name!r}: no successful job of that model ({uri} does not exist)",
+                field="base-model",
+                accepted=accepted,
+            ) from None
+        job_id = str(latest.get("job_id", "?"))
+        artifacts = latest.get("artifacts") or {}
+        if not artifacts.get("G") or not artifacts.get("D"):
+            raise InvalidMetadata(
+                f"base-model {name!r}: its latest success (job {job_id}) has no G_<n>.pth / D_<n>.pth "
+                "checkpoint pair (it was trained before continue training existed); train it again",
+                field="base-model",
+                accepted=accepted,
+            )
+        base = latest.get("spec")
+        if not isinstance(base, dict):  # a latest.json written before it carried the spec
+            record = self.records.get(job_id)
+            base = record.spec if record is not None else {}
+        mismatches = [
+            f"{key} {base.get(key)!r} (base) vs {getattr(spec, key)!r} (this job)"
+            for key in ("sample_rate", "version", "preset")
+            if base.get(key) != getattr(spec, key)
+        ]
+        if mismatches:
+            raise InvalidMetadata(
+                f"base-model {name!r} (job {job_id}) does not match this job: {'; '.join(mismatches)}",
+                field="base-model",
+                accepted=accepted,
+            )
+        return replace(spec, base_g=str(artifacts["G"]), base_d=str(artifacts["D"]))
 
     def _announce(self, record: JobRecord, *, claimed: bool) -> JobRecord | None:
         """What a new job owes the world, once: `failed` for refused metadata; else the newest-upload

@@ -23,7 +23,15 @@ from rvc_core.errors import ConfigError
 from rvc_core.spec import F0_METHODS, SAMPLE_RATES, VERSIONS
 
 MetadataKey = Literal[
-    "model_name", "epochs", "sample_rate", "version", "f0_method", "batch_size", "save_every", "author"
+    "model_name",
+    "epochs",
+    "sample_rate",
+    "version",
+    "f0_method",
+    "batch_size",
+    "save_every",
+    "author",
+    "base_model",
 ]
 
 # Normalised spelling (lower case, `-` → `_`) → field. Includes RVC WebUI's and Applio's names.
@@ -47,6 +55,10 @@ ALIASES: dict[str, MetadataKey] = {
     "save_every": "save_every",
     "save_every_epoch": "save_every",
     "author": "author",
+    # Continue training from the latest success of another model (resolved at intake).
+    "base_model": "base_model",
+    "basemodel": "base_model",
+    "continue_from": "base_model",
 }
 
 MAX_EPOCHS = 2000
@@ -107,6 +119,7 @@ RULES: dict[MetadataKey, Rule] = {
     "batch_size": Rule(_integer(1, 256), "an integer from 1 to 256"),
     "save_every": Rule(_integer(1, MAX_EPOCHS), f"an integer from 1 to {MAX_EPOCHS}"),
     "author": Rule(_author, "1 to 128 printable characters"),
+    "base_model": Rule(_model_name, f"the name of a model trained here before ({MODEL_NAME_ACCEPTED})"),
 }
 
 

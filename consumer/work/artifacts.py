@@ -1,5 +1,9 @@
 """A finished job's model files → `MODELS/<model>/<job_id>/…`, `MODELS/<model>/latest.json` and the
-`/train` caller's `output_url`."""
+`/train` caller's `output_url`.
+
+The files include the checkpoint pair `G_<n>.pth` / `D_<n>.pth` (artifact keys `G`, `D`): RVC's
+training format, which RVC WebUI and Applio take as custom pretrained files and which a later job's
+`base-model=<model>` continues from (intake reads `latest.json`'s `artifacts.G/D` and `spec`)."""
 
 from __future__ import annotations
 
@@ -22,6 +26,8 @@ CONTENT_TYPES: dict[str, str] = {
     ".pth": "application/octet-stream",
     ".index": "application/octet-stream",
 }
+# The spec fields `latest.json` repeats: a `base-model` job must have the same.
+BASE_SPEC_KEYS = ("sample_rate", "version", "preset")
 LATEST_ATTEMPTS = 10  # compare-and-swap tries on latest.json before leaving it to the newer writer
 
 
@@ -51,6 +57,8 @@ def point_latest(store: ObjectStore, uri: str, record: JobRecord, artifacts: dic
             "generation": record.source.generation,
             "source": record.source.uri,
             "artifacts": artifacts,
+            # What a job continuing from this model (`base-model`) must agree with.
+            "spec": {k: record.spec.get(k) for k in BASE_SPEC_KEYS},
         },
         indent=2,
         sort_keys=True,

@@ -308,6 +308,7 @@ class SliceRunner:
             mirror.restore()
         with s.watch.part("dataset"):
             dataset = self._dataset(s.record, local / "dataset.zip", workdir)
+            base_g, base_d = self._base_pair(s.record, local / "base", workdir)
         shutil.rmtree(outdir, ignore_errors=True)
         reporter = ProgressReporter(
             d.results, s.record, keeper, d.settings.progress_every_epochs, s.watch, history=s.history
@@ -318,6 +319,8 @@ class SliceRunner:
             assets=d.settings.rvc_assets,
             pretrained=d.settings.rvc_pretrained,
             device=d.settings.resolved_device(),
+            base_g=base_g,
+            base_d=base_d,
         )
         milestones, position = _milestones(workdir), _position_of(s.record)  # the reporter updates s.record
         started, progress_before = s.watch.clock(), s.watch.seconds("progress")
@@ -388,6 +391,24 @@ class SliceRunner:
             newer = job_id_for(source_key(record.source.bucket, record.source.name, info.generation))
             raise Superseded(f"the upload was replaced by generation {info.generation}", newer)
         return path
+
+    def _base_pair(self, record: JobRecord, folder: Path, workdir: Path) -> tuple[str | None, str | None]:
+        """`base-model`: local paths of the base model's G/D pair (resolved at intake), downloaded
+        into this job's scratch once, and only while training has not started (a resumed run reads
+        its own checkpoint; the paths still go to the trainer, whose config names them)."""
+        spec = record.spec
+        if not spec.get("base_g") or not spec.get("base_d"):
+            return None, None
+        paths = []
+        for uri in (str(spec["base_g"]), str(spec["base_d"])):
+            path = folder / uri.rstrip("/").rsplit("/", 1)[-1]
+            if not path.exists() and not (workdir / "checkpoints" / "latest.pt").exists():
+                folder.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_name(f".{path.name}.part")
+                self.deps.store_for(uri).download_file(uri, tmp)  # a deleted base: NotFound, permanent
+                tmp.replace(path)
+            paths.append(str(path))
+        return paths[0], paths[1]
 
     def _dropping_upload(
         self, reporter: Callable[[ProgressEvent], None], record: JobRecord, dataset: Path, workdir: Path
