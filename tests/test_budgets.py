@@ -18,9 +18,10 @@ from rvc_core.testing import simple_dataset_zip
 
 # Generous for a shared 2-core CI machine: a call may overrun its budget by one unit of work that
 # cannot stop midway (a file, a batch, a k-means iteration). Training's smallest unit is its
-# start-up, one step and, at an epoch's end, validation and a checkpoint.
+# start-up, one step and, at an epoch's end, validation and a checkpoint: 5-10 s on a quiet 2-core
+# machine, measured up to 29 s while other jobs shared it.
 BOUND_SECONDS = 5.0
-TRAIN_BOUND_SECONDS = 20.0
+TRAIN_BOUND_SECONDS = 45.0
 STAGES = {
     "extract",
     "preprocess",
