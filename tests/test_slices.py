@@ -733,3 +733,34 @@ def test_the_upload_is_removed_once_extracted(tmp_path: Path, dataset: Path) -> 
     assert json.loads((local / "dataset.json").read_text())["generation"] > 0
     assert post_token(stack, job_id, 1).get_json()["outcome"] == "advanced"
     assert not (local / "dataset.zip").exists()  # not downloaded again
+
+
+# --- the slice budget leaves measured room for start-up and the upload (issue 9) ---------------------
+def test_slice_budget_shrinks_when_the_measured_upload_needs_more_than_the_reserve() -> None:
+    from consumer.work.slices import SliceBudget
+    from consumer.work.timings import Stopwatch
+
+    budget = SliceBudget(slice_seconds=45, dispatch_deadline=60, ready_at=0.0)
+    budget.startup_seconds = 0.0
+    assert budget.work_seconds(received=100.0) == 45  # nothing measured yet: SLICE_SECONDS
+    slow_upload = Stopwatch()
+    slow_upload.add("sync", 30.0)
+    slow_upload.add("queue_next", 2.0)
+    budget.record(slow_upload)
+    # 60 s deadline less the 32 s the last slice needed after its work, less a 5 % margin
+    assert budget.work_seconds(received=200.0) == pytest.approx(25.0)
+    for _ in range(5):  # the slow upload ages out of the recent slices
+        budget.record(Stopwatch())
+    assert budget.work_seconds(received=300.0) == 45
+
+
+def test_first_slice_of_a_cold_instance_pays_for_its_start_up() -> None:
+    from consumer.work.slices import SliceBudget
+
+    cold = SliceBudget(slice_seconds=45, dispatch_deadline=60, ready_at=10.0)
+    cold.startup_seconds = 30.0  # image pull, CUDA, imports: inside the first delivery's deadline
+    assert cold.work_seconds(received=12.0) == pytest.approx(60 - 32 - 3)
+    assert cold.work_seconds(received=50.0) == 45  # later slices: start-up is behind us
+    warm = SliceBudget(slice_seconds=45, dispatch_deadline=60, ready_at=10.0)
+    warm.startup_seconds = 30.0
+    assert warm.work_seconds(received=600.0) == 45  # idle a while first: the delivery did not start it

@@ -23,6 +23,7 @@ import logging
 import shutil
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -201,6 +202,53 @@ class _Slice:
         r.history = [*r.history, entry][-HISTORY_LENGTH:]
 
 
+# The parts of a slice that come after `run_job` returns: its work budget must leave room for them.
+AFTER_WORK_PARTS = ("sync", "queue_next", "advance", "artifacts", "finalise")
+MEASURED_SLICES = 5  # the reserve follows the slowest of this many recent slices
+MIN_WORK_SECONDS = 1.0
+
+
+COLD_START_WINDOW = 60.0  # a first delivery this soon after start-up most likely caused the start
+
+
+class SliceBudget:
+    """How long `run_job` may work in one slice. SLICE_SECONDS (the dispatch deadline less a static
+    reserve) unless measurements say the reserve is too small: this instance's start-up (which
+    passed inside the deadline of the delivery that started it) and the slowest recent upload
+    after the work."""
+
+    def __init__(self, slice_seconds: float, dispatch_deadline: float, ready_at: float) -> None:
+        self.slice_seconds = slice_seconds
+        self.dispatch_deadline = dispatch_deadline
+        self.ready_at = ready_at  # monotonic time this runner was built
+        self.startup_seconds = process_age_seconds()  # from the process's start to ready
+        self.first = True
+        self.after_work: deque[float] = deque(maxlen=MEASURED_SLICES)
+
+    def work_seconds(self, received: float) -> float:
+        cold = self.first and received - self.ready_at < COLD_START_WINDOW
+        startup = self.startup_seconds + (received - self.ready_at) if cold else 0.0
+        self.first = False
+        measured = startup + max(self.after_work, default=0.0)
+        margin = 0.05 * self.dispatch_deadline  # the answer's way back, clock skew
+        return max(MIN_WORK_SECONDS, min(self.slice_seconds, self.dispatch_deadline - measured - margin))
+
+    def record(self, watch: Stopwatch) -> None:
+        self.after_work.append(sum(watch.seconds(part) for part in AFTER_WORK_PARTS))
+
+
+def process_age_seconds() -> float:
+    """Seconds since this process started (Linux /proc); 0 where that cannot be read."""
+    import os
+
+    try:
+        with open("/proc/self/stat") as stat, open("/proc/uptime") as uptime:
+            start_ticks = int(stat.read().rsplit(")", 1)[1].split()[19])
+            return max(0.0, float(uptime.read().split()[0]) - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
 class SliceRunner:
     """Runs slices, one at a time per process (a second concurrent token is answered "busy")."""
 
@@ -209,6 +257,10 @@ class SliceRunner:
         self._busy = threading.Lock()
         budget = deps.settings.scratch_budget_bytes or default_budget()
         self.scratch = ScratchSpace(Path(deps.settings.work_root), budget)
+        settings = deps.settings
+        self.budget = SliceBudget(
+            settings.slice_seconds, settings.dispatch_deadline_seconds, deps.monotonic()
+        )
 
     def run(self, token: WorkToken) -> SliceAnswer:
         received = self.deps.monotonic()
@@ -218,7 +270,9 @@ class SliceRunner:
             return SliceAnswer("busy", "this instance is running another slice", token.job_id, token.seq)
         watch = Stopwatch()
         try:
-            answer = self._run(token, deadline=received + self.deps.settings.slice_seconds, watch=watch)
+            work_seconds = self.budget.work_seconds(received)
+            answer = self._run(token, deadline=received + work_seconds, watch=watch)
+            self.budget.record(watch)
         finally:
             self._busy.release()
         total = round(self.deps.monotonic() - received, 6)
