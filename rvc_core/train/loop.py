@@ -12,6 +12,12 @@ have had. After a finished epoch E a resume starts at E + 1 (Applio's semantics)
 Out of memory: a step that raises `torch.OutOfMemoryError` is abandoned, the batch size halves, the
 batches left in the epoch (the failed one included) are re-cut, and training continues. If the
 discriminator had already stepped on the failed batch, that update is kept (it is one more D step).
+The epoch-end validation does the same with its own batch size: out of memory halves it and the
+validation starts again (it is deterministic, and it changes no weight); both fail clearly only at
+batch size 1. Each reduction is recorded in `TrainResult.batch_size_reductions` with its phase.
+
+Skipped steps: the stepper counts them on the device by network and kind; the counts are read with
+the epoch's other values at its end (`EpochSummary.skips`) and at the end of the run (`TrainResult.skips`).
 """
 
 from __future__ import annotations
@@ -65,6 +71,9 @@ class _RunState:
     best_validation_mel: float | None = None
     reductions: list[dict[str, Any]] = field(default_factory=list)
     epoch_seconds: float = 0.0  # wall time spent in the current epoch so far
+    # None: the training batch size (until validation ran out of memory).
+    validation_batch_size: int | None = None
+    skips_before_epoch: list[int] = field(default_factory=list)  # the stepper's skip counts then
 
     @property
     def in_epoch(self) -> bool:
@@ -347,6 +356,55 @@ class _Run:
         state.batch_size = new
         state.remaining = split_batches(state.remaining, new)
 
+    def _validation_loss(self) -> torch.Tensor:
+        """The validation loss, its batch size halved and the validation rerun on out of memory."""
+        state = self.state
+        while True:
+            batch_size = min(state.batch_size, state.validation_batch_size or state.batch_size)
+            loss = self._attempt_validation(batch_size)
+            if loss is not None:
+                return loss
+            self._recover_from_validation_oom(batch_size)
+
+    def _attempt_validation(self, batch_size: int) -> torch.Tensor | None:
+        import torch
+
+        from rvc_core.train.validation import validation_mel_loss
+
+        try:
+            return validation_mel_loss(
+                self.trainee.generator,
+                self.validation_set,
+                spec=self.spec,
+                seed=self.config.seed,
+                batch_size=batch_size,
+            )
+        except torch.OutOfMemoryError:
+            return None
+
+    def _recover_from_validation_oom(self, batch_size: int) -> None:
+        import torch
+
+        state = self.state
+        if self.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+        if batch_size == 1:
+            raise TrainingOutOfMemory(
+                "out of accelerator memory in validation even at batch size 1: use a GPU with more "
+                "memory, the tiny preset, or shorter segments",
+                stage="train",
+            )
+        new = max(1, batch_size // 2)
+        log.warning("out of memory in validation at batch size %d: continuing with %d", batch_size, new)
+        state.reductions.append(
+            asdict(
+                BatchSizeReduction(
+                    time.time(), state.epoch + 1, state.step, batch_size, new, phase="validation"
+                )
+            )
+        )
+        state.validation_batch_size = new
+
     def _read_skip_counters(self) -> tuple[int, int]:
         import torch
 
@@ -357,8 +415,9 @@ class _Run:
     def _check_nonfinite(self, skipped: int, worst_run: int) -> None:
         if worst_run >= self.config.max_nonfinite_steps:
             raise NonFiniteLoss(
-                f"{worst_run} consecutive training steps had a non-finite loss (limit "
-                f"{self.config.max_nonfinite_steps}; {skipped} skipped in total) at epoch "
+                f"{worst_run} consecutive training steps had a non-finite loss or non-finite gradients "
+                f"(precision {self.precision.name}; limit {self.config.max_nonfinite_steps}; {skipped} "
+                f"skipped in total) at epoch "
                 f"{self.state.epoch + 1}, step {self.state.step}. The weights were not updated by those "
                 "steps. Try a lower learning rate or check the dataset for broken audio.",
                 stage="train",
@@ -418,24 +477,27 @@ class _Run:
     def _finish_epoch(self, monitor: TrainingMonitor) -> None:
         import torch
 
-        from rvc_core.train.validation import validation_mel_loss
-
         state, config = self.state, self.config
         started = monotonic()
         learning_rate = self.sched_g.get_last_lr()[0]
-        validation = validation_mel_loss(
-            self.trainee.generator,
-            self.validation_set,
-            spec=self.spec,
-            seed=config.seed,
-            batch_size=state.batch_size,
-        )
-        values = torch.cat([self._epoch_sums, self._epoch_count.view(1), validation.view(1)]).tolist()
+        validation = self._validation_loss()
+        values = torch.cat(
+            [
+                self._epoch_sums,
+                self._epoch_count.view(1),
+                validation.view(1),
+                self.stepper.skip_counts.float(),
+            ]
+        ).tolist()  # the one sync of the epoch
         self._validation_seconds = monotonic() - started
         self.sched_g.step()
         self.sched_d.step()
         n = len(step_module.LOSS_NAMES)
         count = values[n]
+        skip_counts = [int(v) for v in values[n + 2 :]]
+        before = state.skips_before_epoch or [0] * len(skip_counts)
+        epoch_skips = self.stepper.skip_summary([a - b for a, b in zip(skip_counts, before, strict=True)])
+        state.skips_before_epoch = skip_counts
         state.epoch += 1
         state.epoch_seconds += self._validation_seconds
         summary = EpochSummary(
@@ -448,6 +510,7 @@ class _Run:
             learning_rate=learning_rate,
             steps=int(count),
             seconds=state.epoch_seconds,
+            skips=epoch_skips,
         )
         state.history.append(asdict(summary))
         self._epoch_durations.append(state.epoch_seconds)
@@ -524,6 +587,7 @@ class _Run:
             weights = self.best_weights if use_best else self.trainee.generator.state_dict()
             weights_path = ckpt.save_generator_weights(self.ckpt_dir / ckpt.GENERATOR_NAME, weights)
         skipped, _ = self._read_skip_counters()
+        skips = self.stepper.skip_summary(self.stepper.skip_counts.tolist())
         return TrainResult(
             status=status,
             stop_reason=reason,
@@ -543,6 +607,7 @@ class _Run:
             validation_segments=len(self.validation_set),
             speakers=self.speakers,
             train_seconds=self.train_set.seconds,
+            skips=skips,
         )
 
 

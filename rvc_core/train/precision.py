@@ -9,6 +9,13 @@
 - fp16 scaling is done here rather than by `GradScaler`, so that a non-finite *loss* skips the step
   without shrinking the scale (only gradient overflow with a finite loss does), and so the scaler
   never reads a value back to the host.
+- Gradients are checked in every precision, not only fp16: in bf16 and fp32 the same kernel
+  (`_amp_foreach_non_finite_check_and_unscale_`, here with an inverse scale of exactly 1, so no value
+  changes) sets `found_inf` when a gradient is NaN or infinite although the loss was finite.
+- Skips are counted on the device by network and kind (`SKIP_KINDS`); a step counts towards the
+  "consecutive non-finite steps" limit when either network skipped for a non-finite loss or
+  gradient. An fp16 overflow is the scaler's normal search for its scale and counts towards that
+  limit only once the scale is down to 1 or less (then the gradients are non-finite in themselves).
 """
 
 from __future__ import annotations
@@ -25,6 +32,12 @@ INITIAL_SCALE = 2.0**16
 GROWTH_FACTOR = 2.0
 BACKOFF_FACTOR = 0.5
 GROWTH_INTERVAL = 2000  # steps without overflow before the scale doubles
+
+NETWORKS: tuple[str, ...] = ("g", "d")
+# Why an optimiser step was skipped: a non-finite loss; non-finite gradients with a finite loss
+# (bf16/fp32); gradient overflow of the fp16 loss scale with a finite loss.
+SKIP_KINDS: tuple[str, ...] = ("nonfinite_loss", "nonfinite_grad", "scaler_overflow")
+SKIP_COUNTER_NAMES: tuple[str, ...] = tuple(f"{n}_{k}" for n in NETWORKS for k in SKIP_KINDS)
 
 
 @dataclass(frozen=True)
@@ -74,6 +87,9 @@ class GuardedStepper:
         self.consecutive_skips = torch.zeros((), dtype=torch.long, device=self.device)
         self.worst_consecutive_skips = torch.zeros((), dtype=torch.long, device=self.device)
         self._step_skipped = torch.zeros((), device=self.device)
+        # Optimiser steps skipped, by `SKIP_COUNTER_NAMES` (network x kind), cumulative.
+        self.skip_counts = torch.zeros(len(SKIP_COUNTER_NAMES), dtype=torch.long, device=self.device)
+        self._unit_scale = torch.ones((), device=self.device)
 
     @property
     def scale(self) -> torch.Tensor:
@@ -83,21 +99,35 @@ class GuardedStepper:
         return loss * self._scale if self.uses_scale else loss
 
     def step(
-        self, optimizer: torch.optim.Optimizer, params: Sequence[torch.Tensor], loss_ok: torch.Tensor
+        self,
+        optimizer: torch.optim.Optimizer,
+        params: Sequence[torch.Tensor],
+        loss_ok: torch.Tensor,
+        network: str = "g",
     ) -> None:
         """Unscales the gradients (fp16) and steps `optimizer` unless `loss_ok` is false or a gradient
-        overflowed."""
+        is not finite; counts a skip of `network` ("g" or "d") by kind. No host sync (fused AdamW)."""
         import torch
 
         loss_bad = (~loss_ok).float()
-        skip = loss_bad
+        grads = [p.grad for p in params if p.grad is not None]
+        grad_bad = torch.zeros((), device=self.device)
+        inv_scale = self._scale.reciprocal() if self.uses_scale else self._unit_scale
+        if grads:
+            torch._amp_foreach_non_finite_check_and_unscale_(grads, grad_bad, inv_scale)
+        grad_only = grad_bad * (1.0 - loss_bad)  # bad gradients behind a finite loss
+        skip = torch.maximum(loss_bad, grad_bad)
         if self.uses_scale:
-            grads = [p.grad for p in params if p.grad is not None]
-            found_inf = torch.zeros((), device=self.device)
-            torch._amp_foreach_non_finite_check_and_unscale_(grads, found_inf, self._scale.reciprocal())
-            self._overflow = torch.maximum(self._overflow, found_inf * loss_ok.float())
-            skip = torch.maximum(loss_bad, found_inf)
-        self._step_skipped = torch.maximum(self._step_skipped, loss_bad)
+            self._overflow = torch.maximum(self._overflow, grad_only)
+            # Overflow at a scale of 1 or less: the gradients themselves are not finite.
+            failed = torch.maximum(loss_bad, grad_only * (self._scale <= 1.0).float())
+            kinds = torch.stack([loss_bad, torch.zeros_like(grad_only), grad_only])
+        else:
+            failed = skip
+            kinds = torch.stack([loss_bad, grad_only, torch.zeros_like(grad_only)])
+        self._step_skipped = torch.maximum(self._step_skipped, failed)
+        first = NETWORKS.index(network) * len(SKIP_KINDS)
+        self.skip_counts[first : first + len(SKIP_KINDS)] += kinds.long()
         if getattr(optimizer, "_step_supports_amp_scaling", False):
             optimizer.found_inf = skip  # type: ignore[attr-defined]
             optimizer.grad_scale = None  # type: ignore[attr-defined]
@@ -107,6 +137,10 @@ class GuardedStepper:
                 del optimizer.found_inf, optimizer.grad_scale  # type: ignore[attr-defined]
         elif not bool(skip):  # an unfused optimiser can only be skipped from the host (one sync)
             optimizer.step()
+
+    def skip_summary(self, values: Sequence[float]) -> dict[str, int]:
+        """`skip_counts` read back (as a list) by name."""
+        return {name: int(v) for name, v in zip(SKIP_COUNTER_NAMES, values, strict=True)}
 
     def end_step(self) -> None:
         """Once per training step, after both optimisers: counts a skipped step, adapts the scale."""
@@ -147,6 +181,7 @@ class GuardedStepper:
             "growth_tracker": self._growth_tracker.cpu(),
             "skipped_steps": self.skipped_steps.cpu(),
             "consecutive_skips": self.consecutive_skips.cpu(),
+            "skip_counts": self.skip_counts.cpu(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -158,3 +193,5 @@ class GuardedStepper:
         self.skipped_steps = state["skipped_steps"].to(self.device)
         self.consecutive_skips = state["consecutive_skips"].to(self.device)
         self.worst_consecutive_skips = self.consecutive_skips.clone()
+        if "skip_counts" in state:  # absent from checkpoints written before skips were counted by kind
+            self.skip_counts = state["skip_counts"].to(self.device)

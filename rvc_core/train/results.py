@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -14,6 +14,7 @@ class BatchSizeReduction:
     step: int  # steps completed before it
     old: int
     new: int
+    phase: str = "train"  # "train" (a training step) or "validation" (the epoch-end validation loss)
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,9 @@ class EpochSummary:
     learning_rate: float  # the rate used during this epoch
     steps: int  # steps applied (finite) in this epoch
     seconds: float  # wall time of the epoch, validation included (0 for an epoch split by a pause)
+    # Optimiser steps skipped in this epoch by network and kind (`precision.SKIP_COUNTER_NAMES`:
+    # g_/d_ + nonfinite_loss, nonfinite_grad (bf16/fp32), scaler_overflow (fp16)).
+    skips: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -38,7 +42,7 @@ class TrainResult:
     history: tuple[EpochSummary, ...]
     batch_size: int  # the batch size in use at the end
     batch_size_reductions: tuple[BatchSizeReduction, ...]
-    skipped_steps: int  # steps skipped for a non-finite loss
+    skipped_steps: int  # steps that failed: a non-finite loss or non-finite gradients (see `skips`)
     precision: str  # bf16, fp16 or fp32
     checkpoint: Path
     generator_weights: Path | None  # set when finished: the `export` choice (best or final) for export
@@ -46,3 +50,5 @@ class TrainResult:
     validation_segments: int
     speakers: int  # highest speaker id + 1
     train_seconds: float  # seconds of audio trained on
+    # Optimiser steps skipped over the whole run by network and kind, as in `EpochSummary.skips`.
+    skips: dict[str, int] = field(default_factory=dict)

@@ -1,8 +1,8 @@
 """One GAN training step (RVC.md §5): a discriminator update, then a generator update.
 
 No value is read back to the host here: losses come back as one device tensor, a non-finite loss
-skips the optimiser step on the device (see `precision.py`), and the gradient norms are computed
-only when the caller asks (once per logging interval).
+or non-finite gradients skip that network's optimiser step on the device (see `precision.py`), and
+the gradient norms are computed only when the caller asks (once per logging interval).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ class Trainee:
 @dataclass
 class StepResult:
     losses: torch.Tensor  # [len(LOSS_NAMES)] float32 on the device
-    finite: torch.Tensor  # [] bool: every loss finite (the step was applied)
+    finite: torch.Tensor  # [] bool: every loss finite (the losses count in the means)
     grad_norms: torch.Tensor | None  # [2] (G, D) when asked for
 
 
@@ -89,7 +89,7 @@ def train_step(
     d_ok = torch.isfinite(loss_d)
     trainee.optim_d.zero_grad(set_to_none=True)
     stepper.scale_loss(loss_d).backward()
-    stepper.step(trainee.optim_d, trainee.d_params, d_ok)
+    stepper.step(trainee.optim_d, trainee.d_params, d_ok, network="d")
 
     with precision.autocast():
         # Real feature maps are only targets: no graph for them, and no backward through D for them.
@@ -108,7 +108,7 @@ def train_step(
     trainee.optim_g.zero_grad(set_to_none=True)
     # Only G's gradients: D's would be computed and thrown away.
     stepper.scale_loss(loss_g).backward(inputs=trainee.g_params)
-    stepper.step(trainee.optim_g, trainee.g_params, all_ok)
+    stepper.step(trainee.optim_g, trainee.g_params, all_ok, network="g")
     stepper.end_step()
 
     grad_norms = None
