@@ -496,6 +496,7 @@ def training_metrics(trained: TrainResult) -> dict[str, Any]:
         "batch_size": trained.batch_size,
         "batch_size_reductions": [r.__dict__ for r in trained.batch_size_reductions],
         "skipped_nonfinite_steps": trained.skipped_steps,
+        "skips": trained.skips,  # per network and kind: non-finite loss, gradients, fp16 overflow
         "precision": trained.precision,
         "train_segments": trained.train_segments,
         "validation_segments": trained.validation_segments,
