@@ -261,13 +261,18 @@ def test_cancel_mid_training_exits_1_with_cancelled_and_one_final_event(
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
+    errors: list[str] = []  # stderr read alongside, so the bar never fills the pipe
+    error_reader = threading.Thread(target=lambda: errors.extend(client.stderr), daemon=True)  # type: ignore[arg-type]
+    error_reader.start()
     assert training.wait(60)
     asked = time.monotonic()
     cancelled = stack.cli("cancel", job_id)
     assert cancelled.returncode == 0, cancelled.stderr
-    _, stderr = client.communicate(timeout=60)
+    client.wait(timeout=60)  # not communicate(): the reader thread owns stdout, every line of it
     took = time.monotonic() - asked
     reader.join(10)
+    error_reader.join(10)
+    stderr = "".join(errors)
     assert client.returncode == 1, stderr
     assert f"job {job_id} cancelled: cancelled" in stderr
     assert took < 30, f"the job ended {took:.0f} s after the cancel"

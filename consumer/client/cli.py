@@ -156,9 +156,10 @@ def follow(job_id: str, subscription: Any, config: ClientConfig, args: argparse.
     events_out = sys.stdout if args.json else None
 
     def on_event(result: Any) -> None:
-        if events_out is not None:
+        if events_out is not None:  # one write per event: a reader never sees half a line
             line = {"id": result.id, "kind": result.kind, "job_id": job_id, "data": result.data}
-            print(json.dumps(line, sort_keys=True), file=events_out, flush=True)
+            events_out.write(json.dumps(line, sort_keys=True) + "\n")
+            events_out.flush()
         bar.event(result.kind, result.data)
 
     watcher = Watcher(

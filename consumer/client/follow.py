@@ -120,6 +120,9 @@ class Outcome:
     artifacts: dict[str, str] = field(default_factory=dict)
 
 
+FINAL_EVENT_GRACE_SECONDS = 10.0  # how long a final record waits for its final event
+
+
 class Watcher:
     """Follows `job_id` on `subscription`, catching up from `read_record` (None: no record yet)."""
 
@@ -158,7 +161,19 @@ class Watcher:
             if self.clock() >= next_poll:
                 outcome = self._poll()
                 next_poll = self.clock() + self._poll_interval()
+                if outcome is not None:
+                    self._drain_final()
         return outcome
+
+    def _drain_final(self) -> None:
+        """The record said the job ended before its final event arrived: wait a little for the
+        event, so a follower that prints events (`--json`) prints the final one too."""
+        until = self.clock() + FINAL_EVENT_GRACE_SECONDS
+        while (left := until - self.clock()) > 0:
+            for result in self._events(min(1.0, left)):
+                self.on_event(result)
+                if result.kind in FINAL_KINDS:
+                    return
 
     def _events(self, wait: float) -> Iterator[ReceivedResult]:
         for result in self.subscription.pull(wait):
