@@ -209,7 +209,7 @@ def test_gcloud_upload_to_the_inbox_becomes_a_job_at_the_service(
 
 
 def test_events_are_answered_while_a_slice_runs(dev_stack: RunningDevStack, tmp_path: Path) -> None:
-    voice = simple_dataset_zip(tmp_path / "long.zip", files=2, seconds=3.0)
+    voice = simple_dataset_zip(tmp_path / "long.zip", files=4, seconds=4.0)  # over the 10 s minimum
     config_dir = tmp_path / "gcloud-config"
     metadata = "--custom-metadata=model-name=long,epochs=30"  # one slice of many seconds
     dev_stack.gcloud("storage", "cp", metadata, str(voice), dev_stack.env["INBOX_URL"], config_dir=config_dir)
