@@ -97,3 +97,7 @@ SLICE_LOST = "slice_lost"  # a slice's lease expired before it finished (the pro
 SLICE_FAILED = "slice_failed"  # a slice crashed (a bug, out of memory), or failed too often in a row
 BUSY = "busy"  # another delivery or slice is handling this right now: try again later
 INVALID_REQUEST = "invalid_request"  # a POST /train body that is not a training request
+DATASET_TOO_LARGE = "dataset_too_large"  # an upload that cannot fit this service's scratch
+UNAUTHENTICATED = "unauthenticated"  # a push without a token, or one that does not verify
+FORBIDDEN = "forbidden"  # a valid token of another account than the expected pusher
+IDENTITY_UNAVAILABLE = "identity_unavailable"  # Google's certificates could not be fetched

@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 
 from flask import Response, jsonify, request
 
+from consumer.errors import FORBIDDEN, IDENTITY_UNAVAILABLE, UNAUTHENTICATED
 from consumer.logs import log
 
 logger = logging.getLogger(__name__)
@@ -41,9 +42,6 @@ CERTS_DEFAULT_TTL_SECONDS = 3600.0
 CERTS_MIN_REFRESH_SECONDS = 60.0  # an unknown key id refetches at most this often
 CLOCK_SKEW_SECONDS = 10
 
-UNAUTHENTICATED = "unauthenticated"  # no token, or one that does not verify
-FORBIDDEN = "forbidden"  # a valid token of another account
-IDENTITY_UNAVAILABLE = "identity_unavailable"  # Google's certificates could not be fetched
 
 Certs = Mapping[str, str]  # key id → PEM certificate or public key
 

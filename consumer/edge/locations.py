@@ -26,7 +26,6 @@ if TYPE_CHECKING:
     from consumer.adapters.storage import ObjectStore
     from consumer.settings import Settings
 
-DATASET_TOO_LARGE = "dataset_too_large"  # an error code: the upload cannot fit this service's scratch
 JOB_FOLDER = re.compile(r"^[0-9a-f]{16}$")
 LATEST = "latest.json"
 BUCKET_CHECK_TIMEOUT_SECONDS = 10.0

@@ -17,12 +17,11 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from consumer.edge.deliveries import Ignored, ObjectFinalized
 from consumer.edge.locations import (
-    DATASET_TOO_LARGE,
     check_dataset_url,
     check_output_url,
     output_bucket_problem,
 )
-from consumer.errors import INVALID_REQUEST, InvalidMetadata, NotFound
+from consumer.errors import DATASET_TOO_LARGE, INVALID_REQUEST, InvalidMetadata, NotFound
 from consumer.jobs.metadata import build_job_spec, requested_spec
 from consumer.jobs.records import JobRecord, JobRecords, SourceObject, job_id_for, source_key
 from consumer.jobs.results import ResultKind, Results, claim_announcement, mark_announced
