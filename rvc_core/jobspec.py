@@ -6,23 +6,16 @@ so these types live apart from `rvc_core.job`, which runs jobs.
 
 from __future__ import annotations
 
-import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rvc_core.config import PrepareConfig
 from rvc_core.errors import ConfigError
+from rvc_core.names import is_model_name
+from rvc_core.names import sanitise_model_name as sanitise_model_name  # its home before rvc_core.names
 from rvc_core.spec import PRESETS
 from rvc_core.train.config import EXPORT_CHOICES
-
-MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-
-
-def sanitise_model_name(raw: str) -> str:
-    """Any string → `[A-Za-z0-9_-]{1,64}` (the zip's stem is the default name)."""
-    name = re.sub(r"[^A-Za-z0-9_-]+", "_", raw).strip("_")[:64]
-    return name or "model"
 
 
 @dataclass(frozen=True)
@@ -47,7 +40,7 @@ class JobSpec:
     base_d: str | None = None  # URI of the base model's D_<n>.pth
 
     def __post_init__(self) -> None:
-        if not MODEL_NAME_RE.match(self.model_name):
+        if not is_model_name(self.model_name):
             raise ConfigError(f"model_name must match [A-Za-z0-9_-]{{1,64}}, got {self.model_name!r}")
         if not 1 <= self.epochs <= 10_000:
             raise ConfigError(f"epochs must be between 1 and 10000, got {self.epochs}")
@@ -59,7 +52,7 @@ class JobSpec:
             raise ConfigError(f"preset must be full or tiny, got {self.preset!r}")
         if self.export not in EXPORT_CHOICES:
             raise ConfigError(f"export must be best or final, got {self.export!r}")
-        if self.base_model is not None and not MODEL_NAME_RE.match(self.base_model):
+        if self.base_model is not None and not is_model_name(self.base_model):
             raise ConfigError(f"base_model must match [A-Za-z0-9_-]{{1,64}}, got {self.base_model!r}")
         self.prepare_config()  # validates rate, version, f0 method, segment length
 

@@ -35,7 +35,8 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
 
 def cmd_train(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     from rvc_core.job import run_job
-    from rvc_core.jobspec import JobEnvironment, JobSpec, sanitise_model_name
+    from rvc_core.jobspec import JobEnvironment, JobSpec
+    from rvc_core.names import sanitise_model_name
 
     work = args.work or args.out / "work"
     try:

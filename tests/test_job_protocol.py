@@ -20,6 +20,7 @@ import pytest
 
 from consumer.jobs import records, results, uploads
 from consumer.jobs.uploads import default_model_name, model_name_hint, why_not_an_upload
+from rvc_core import names
 
 REPO = Path(__file__).resolve().parents[1]
 FUNCTION_DIR = "functions/dead_letter/"
@@ -59,6 +60,7 @@ def test_archive_list_names_the_function_and_the_protocol_package() -> None:
         "consumer/errors.py",
         "rvc_core/__init__.py",
         "rvc_core/errors.py",
+        "rvc_core/names.py",
     } <= set(files)
     assert not any(name.startswith(("consumer/adapters", "consumer/work", "rvc_core/job")) for name in files)
 
@@ -164,6 +166,7 @@ def test_function_imports_from_its_deploy_archive_alone(tmp_path: Path) -> None:
         "consumer.jobs.records",
         "consumer.jobs.results",
         "consumer.jobs.uploads",
+        "rvc_core.names",
     }
 
 
@@ -205,8 +208,14 @@ def test_dead_letter_function_defines_none_of_the_protocol() -> None:
 
 
 def test_protocol_modules_import_nothing_but_the_standard_library_and_each_other() -> None:
-    allowed = {"consumer.errors", "consumer.jobs.records", "consumer.jobs.results", "consumer.jobs.uploads"}
-    for module in (records, results, uploads):
+    allowed = {
+        "consumer.errors",
+        "consumer.jobs.records",
+        "consumer.jobs.results",
+        "consumer.jobs.uploads",
+        "rvc_core.names",
+    }
+    for module in (records, results, uploads, names):
         tree = ast.parse(Path(module.__file__ or "").read_text(encoding="utf-8"))
         for node in tree.body:  # module level only: TYPE_CHECKING blocks and lazy imports are not run
             if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
@@ -276,3 +285,24 @@ def test_default_model_name_fits_the_rule() -> None:
     name = default_model_name("datasets/" + "é" * 10 + "x" * 100 + ".zip")
 
     assert uploads.MODEL_NAME.match(name) and len(name) == 64
+
+
+@pytest.mark.parametrize(
+    ("value", "valid"),
+    [
+        ("alice", True),
+        ("a" * 64, True),
+        ("a-b_C9", True),
+        ("", False),
+        ("a" * 65, False),
+        ("bad name", False),
+        ("é", False),
+        ("alice\n", False),
+    ],
+)
+def test_one_model_name_rule(value: str, valid: bool) -> None:
+    """The library, the services and the function share one rule (rvc_core.names); a trailing newline,
+    which `$` alone would let through, is refused."""
+    assert names.is_model_name(value) is valid
+    assert names.is_model_name(names.sanitise_model_name(value))
+    assert uploads.sanitise_model_name is names.sanitise_model_name

@@ -56,12 +56,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 # --- commands -------------------------------------------------------------------------------------
 def submit(args: argparse.Namespace, config: ClientConfig) -> int:
     from consumer.client import storage
-    from consumer.jobs.uploads import MODEL_NAME, MODEL_NAME_ACCEPTED
+    from rvc_core.names import MODEL_NAME_ACCEPTED, is_model_name
 
     dataset = Path(args.dataset)
     if not dataset.is_file():
         raise CommandError(f"no such file: {dataset}")
-    if not MODEL_NAME.match(args.model_name):
+    if not is_model_name(args.model_name):
         raise ConfigError(f"--model-name: {MODEL_NAME_ACCEPTED}")
     inbox = config.need("inbox")
     try:

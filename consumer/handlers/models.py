@@ -20,7 +20,7 @@ from consumer.handlers import pages
 from consumer.handlers.jobs import JOB_ID
 from consumer.jobs.records import JobRecord
 from consumer.services import Services
-from rvc_core.jobspec import MODEL_NAME_RE
+from rvc_core.names import is_model_name
 
 MAX_JOBS = 100  # the newest this many are shown
 TRAILING_JOB_ID = re.compile(r"([0-9a-f]{16})$")
@@ -28,8 +28,8 @@ TRAILING_JOB_ID = re.compile(r"([0-9a-f]{16})$")
 
 def handle(services: Services, name: str) -> tuple[Response, int]:
     html = pages.wants_html(request)
-    latest = _latest(services, name) if MODEL_NAME_RE.match(name) else None
-    records = _records(services, name) if MODEL_NAME_RE.match(name) else []
+    latest = _latest(services, name) if is_model_name(name) else None
+    records = _records(services, name) if is_model_name(name) else []
     if latest is None and not records:
         if html:
             return pages.render("not_found.html", 404, what=f"model {name}")

@@ -12,14 +12,9 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from consumer.errors import InvalidMetadata
-from consumer.jobs.uploads import (
-    MODEL_NAME,
-    MODEL_NAME_ACCEPTED,
-    MODEL_NAME_KEYS,
-    default_model_name,
-    normalise_key,
-)
+from consumer.jobs.uploads import MODEL_NAME_KEYS, default_model_name, normalise_key
 from rvc_core.errors import ConfigError
+from rvc_core.names import MODEL_NAME_ACCEPTED, is_model_name
 from rvc_core.spec import F0_METHODS, SAMPLE_RATES, VERSIONS
 
 MetadataKey = Literal[
@@ -99,7 +94,7 @@ def _choice(options: tuple[str, ...]) -> Callable[[str], str]:
 
 
 def _model_name(raw: str) -> str:
-    if not MODEL_NAME.match(raw):
+    if not is_model_name(raw):
         raise ValueError(raw)
     return raw
 

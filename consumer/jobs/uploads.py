@@ -1,16 +1,21 @@
 """What counts as a training upload, and the model name an upload gets.
 
 Shared by intake (the services) and `functions/dead_letter` (deployed with only `consumer/jobs`,
-`consumer/errors.py` and `rvc_core/errors.py`), so this module imports nothing but the standard
-library. The job id of an upload is `records.job_id_for(records.source_key(bucket, name, generation))`.
+`consumer/errors.py`, `rvc_core/errors.py` and `rvc_core/names.py`), so this module imports nothing
+but the standard library and `rvc_core.names` (the model-name rule, shared with the library). The
+job id of an upload is `records.job_id_for(records.source_key(bucket, name, generation))`.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import PurePosixPath
 from typing import Any
+
+# The rule is rvc_core.names'; re-exported here, where the job protocol's users have long read it.
+from rvc_core.names import MODEL_NAME as MODEL_NAME
+from rvc_core.names import MODEL_NAME_ACCEPTED as MODEL_NAME_ACCEPTED
+from rvc_core.names import is_model_name, sanitise_model_name
 
 # Parallel composite uploads (`gcloud storage cp` of files > 150 MiB) write their parts here.
 COMPOSITE_PARTS_PREFIX = "gcloud/tmp/"
@@ -55,9 +60,7 @@ def why_not_an_upload(
     return None
 
 
-# --- the model-name rule ------------------------------------------------------------------------------
-MODEL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-MODEL_NAME_ACCEPTED = "1 to 64 characters from A-Z a-z 0-9 _ -"
+# --- the model name of an upload (the rule itself is rvc_core.names) ----------------------------------
 # Metadata keys (normalised: lower case, `-` → `_`) that name the model; RVC WebUI's and Applio's too.
 MODEL_NAME_KEYS: tuple[str, ...] = ("model_name", "modelname")
 
@@ -65,12 +68,6 @@ MODEL_NAME_KEYS: tuple[str, ...] = ("model_name", "modelname")
 def normalise_key(key: str) -> str:
     """`Model-Name`, ` model_name ` → `model_name`: metadata keys are case- and `-`/`_`-insensitive."""
     return key.strip().lower().replace("-", "_")
-
-
-def sanitise_model_name(raw: str) -> str:
-    """Any string → `[A-Za-z0-9_-]{1,64}`."""
-    name = re.sub(r"[^A-Za-z0-9_-]+", "_", raw).strip("_")[:64]
-    return name or "model"
 
 
 def default_model_name(object_name: str) -> str:
@@ -83,6 +80,6 @@ def model_name_hint(metadata: Mapping[str, Any], object_name: str) -> str:
     """A name for the `failed` result of an upload whose metadata was refused or never read: the
     metadata's model name when it is a valid one, else the default."""
     for key, value in metadata.items():
-        if normalise_key(str(key)) in MODEL_NAME_KEYS and MODEL_NAME.match(str(value)):
+        if normalise_key(str(key)) in MODEL_NAME_KEYS and is_model_name(str(value)):
             return str(value)
     return default_model_name(object_name)
