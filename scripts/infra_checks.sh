@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Offline checks of the deploy files: terraform fmt, the HCL wiring assertions, checkov, hadolint,
 # a shell lint of the scripts, and the dead-letter function under its real framework.
-# The function is loaded from its deploy archive's layout (terraform/function.tf), not from the checkout.
+# The function is loaded from its deploy archive's layout (functions/dead_letter/ARCHIVE, which
+# terraform/function.tf builds the archive from), not from the checkout.
 # Each tool lives in its own cached virtualenv, created on first use like scripts/venv.sh does:
 # ${XDG_CACHE_HOME:-$HOME/.cache}/rvc-trainer/<name>-<hash of its requirements file>, from
 # requirements-hcl.txt, requirements-checkov.txt and functions/dead_letter/requirements.txt.
@@ -85,30 +86,25 @@ check_hadolint() {
   "$venv/bin/hadolint" --failure-threshold style "$here/Dockerfile"
 }
 
-# The dead-letter function's deploy archive, built as terraform/function.tf builds it: functions/dead_letter/*
-# at the root, plus the shared files and packages its locals list (read from there, not repeated here).
+# The dead-letter function's deploy archive, laid out as terraform/function.tf lays it out from
+# functions/dead_letter/ARCHIVE (the one list, read here too): entries under functions/dead_letter/ at
+# the root, any other at its repository path, an entry ending in "/" is the *.py files directly in it.
 stage_dead_letter() {
-  local into=$1 venv
-  venv=$(tool_venv hcl)
-  "$venv/bin/python" - "$here" "$into" <<'PY'
+  local into=$1
+  python3 - "$here" "$into" <<'PY'
 import pathlib, shutil, sys
 
-import hcl2
-
 root, into = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
-with (root / "terraform" / "function.tf").open() as handle:
-    parsed = hcl2.load(handle)
-local_values = {k: v for block in parsed["locals"] for k, v in block.items()}
-names = {key: [item.strip('"') for item in local_values[key]]
-         for key in ("dead_letter_shared_files", "dead_letter_shared_packages")}
-skip = shutil.ignore_patterns("__pycache__", ".pytest_cache", "*.pyc")
-shutil.copytree(root / "functions" / "dead_letter", into, dirs_exist_ok=True, ignore=skip)
-for name in names["dead_letter_shared_files"]:
-    (into / name).parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(root / name, into / name)
-for name in names["dead_letter_shared_packages"]:
-    if (root / name).is_dir():
-        shutil.copytree(root / name, into / name, ignore=skip)
+function_dir = "functions/dead_letter/"
+for line in (root / function_dir / "ARCHIVE").read_text(encoding="utf-8").splitlines():
+    entry = line.strip()
+    if not entry or entry.startswith("#"):
+        continue
+    sources = sorted((root / entry).glob("*.py")) if entry.endswith("/") else [root / entry]
+    for source in sources:
+        target = into / source.relative_to(root).as_posix().removeprefix(function_dir)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, target)
 PY
 }
 

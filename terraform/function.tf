@@ -3,33 +3,34 @@
 # a final one (functions/dead_letter/main.py). Work slices are never dead-lettered: the work queue
 # retries them without limit and the app fails a job after MAX_CONSECUTIVE_FAILURES slices.
 
-# The deploy archive: functions/dead_letter/* at its root, plus the shared job protocol package at
-# the same paths as in this repository, so that `import consumer.jobs…` works there as in the services
-# (one implementation, not a copy). Nothing else of consumer/ or rvc_core/ goes in: these modules must
-# import only each other, the standard library and functions/dead_letter/requirements.txt.
-# scripts/infra_checks.sh `function` reads these two lists, builds exactly this layout and loads the
-# function from it under functions-framework.
+# The deploy archive: exactly the files functions/dead_letter/ARCHIVE lists (the one list; the test
+# tests/test_job_protocol.py and scripts/infra_checks.sh `function` stage and import the function from
+# the same set). Its paths are relative to the repository root: those under functions/dead_letter/ land
+# at the archive's root, every other one at the same path as in this repository, so that
+# `import consumer.jobs…` works there as in the services (one implementation, not a copy). An entry
+# ending in "/" is a package: the *.py files directly inside it. `#` comments and blank lines are skipped.
 locals {
   repository_root = "${path.module}/.."
   dead_letter_dir = "${local.repository_root}/functions/dead_letter"
 
-  # consumer.jobs raises consumer.errors' exceptions, which derive from rvc_core.errors'.
-  dead_letter_shared_files    = ["consumer/__init__.py", "consumer/errors.py", "rvc_core/__init__.py", "rvc_core/errors.py"]
-  dead_letter_shared_packages = ["consumer/jobs"]
+  dead_letter_archive_entries = [
+    for line in split("\n", file("${local.dead_letter_dir}/ARCHIVE")) : trimspace(line)
+    if trimspace(line) != "" && !startswith(trimspace(line), "#")
+  ]
 
   # Path in the archive → file on this machine.
   dead_letter_archive_files = merge(
     {
-      for file in fileset(local.dead_letter_dir, "**") : file => "${local.dead_letter_dir}/${file}"
-      if !strcontains(file, "__pycache__") && !strcontains(file, ".pytest_cache") && !endswith(file, ".pyc")
+      for entry in local.dead_letter_archive_entries :
+      trimprefix(entry, "functions/dead_letter/") => "${local.repository_root}/${entry}"
+      if !endswith(entry, "/")
     },
-    { for file in local.dead_letter_shared_files : file => "${local.repository_root}/${file}" },
     merge([
-      for package in local.dead_letter_shared_packages : {
-        for file in fileset("${local.repository_root}/${package}", "**/*.py") :
-        "${package}/${file}" => "${local.repository_root}/${package}/${file}"
-        if !strcontains(file, "__pycache__")
+      for entry in local.dead_letter_archive_entries : {
+        for file in fileset("${local.repository_root}/${entry}", "*.py") :
+        trimprefix("${entry}${file}", "functions/dead_letter/") => "${local.repository_root}/${entry}${file}"
       }
+      if endswith(entry, "/")
     ]...),
   )
 }

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.test_job_protocol import archive_files
 
 ROOT = Path(__file__).resolve().parents[1]
 FRONT_URL = "${local.front_url}"
@@ -611,18 +614,44 @@ def test_dead_letter_function_is_fed_by_the_dead_letter_topic(tf: Config) -> Non
     assert (ROOT / "functions" / "dead_letter" / "main.py").is_file()
 
 
-def test_dead_letter_archive_carries_the_function_and_the_job_protocol(tf: Config) -> None:
+def test_dead_letter_archive_is_built_from_the_archive_list(tf: Config) -> None:
     archive = tf.data[("archive_file", "dead_letter")]
     source = block(archive, "dynamic")["source"]
-    files = tf.locals["dead_letter_archive_files"]
 
     assert source["for_each"] == "${local.dead_letter_archive_files}"
     assert tf.locals["dead_letter_dir"] == "${local.repository_root}/functions/dead_letter"
-    assert "fileset(local.dead_letter_dir" in files
-    assert "consumer/__init__.py" in tf.locals["dead_letter_shared_files"]
-    assert tf.locals["dead_letter_shared_packages"] == ["consumer/jobs"]
-    for name in tf.locals["dead_letter_shared_files"]:
-        assert (ROOT / name).is_file(), name
+    assert 'file("${local.dead_letter_dir}/ARCHIVE")' in tf.locals["dead_letter_archive_entries"]
+    assert "local.dead_letter_archive_entries" in tf.locals["dead_letter_archive_files"]
+
+
+@pytest.mark.skipif(shutil.which("terraform") is None, reason="needs the terraform binary")
+def test_dead_letter_archive_holds_exactly_what_the_archive_list_names(tmp_path: Path) -> None:
+    """function.tf's locals, evaluated by terraform itself (they need no provider), give the zip the same
+    files at the same paths as tests/test_job_protocol.py stages from functions/dead_letter/ARCHIVE."""
+    lines = (ROOT / "terraform" / "function.tf").read_text(encoding="utf-8").splitlines()
+    start = lines.index("locals {")
+    end = lines.index("}", start)
+    module = tmp_path / "terraform"
+    module.mkdir()
+    (module / "locals.tf").write_text("\n".join(lines[start : end + 1]) + "\n", encoding="utf-8")
+    for top in {path.relative_to(ROOT).parts[0] for path in archive_files().values()}:
+        (tmp_path / top).symlink_to(ROOT / top)
+
+    completed = subprocess.run(
+        ["terraform", "console"],
+        input="jsonencode(local.dead_letter_archive_files)\n",
+        cwd=module,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+    assert completed.returncode == 0, completed.stderr
+    files = json.loads(json.loads(completed.stdout.strip().splitlines()[-1]))
+    assert {name: (module / path).resolve() for name, path in files.items()} == {
+        name: path.resolve() for name, path in archive_files().items()
+    }
 
 
 def test_function_build_may_read_its_staged_source_once_iam_settles(tf: Config) -> None:
