@@ -8,12 +8,14 @@ not timed), then runs `--warmup` untimed steps and `--steps` timed ones exactly 
 (batch × window / rate × steps/s), the share of wall time spent assembling batches, peak RSS and
 peak GPU memory, as a table and (with --json) as one JSON line. With --compile the networks are
 compiled as `train` does it (`rvc_core.train.compiled`); the first warmup step, which pays for the
-compilation, is reported apart (`first_step_seconds`) and never counted in the step rate.
+compilation, is reported apart (`first_step_seconds`) and never counted in the step rate. The CPU
+convolution kernels are the ones `train` picks (`rvc_core.train.kernels`; `onednn` in the output).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import resource
 import sys
@@ -103,6 +105,14 @@ def run(
             data.collate(indices, length_multiple=LENGTH_MULTIPLE) if compile_step else data.collate(indices)
         )
 
+    kernels = contextlib.ExitStack()
+    onednn = True
+    try:
+        from rvc_core.train.kernels import convolution_kernels
+    except ImportError:  # an older checkout in an A/B run: oneDNN everywhere, as it had
+        pass
+    else:  # the convolution kernels `train` picks for these networks
+        onednn = kernels.enter_context(convolution_kernels(device, d))
     precision = choose_precision(device)
     stepper = GuardedStepper(precision, device)
     data = synthetic_dataset(device, max(ITEMS, batch_size))
@@ -141,6 +151,7 @@ def run(
         result = train_step(trainee, batch, precision=precision, stepper=stepper, spec=spec)
     final_losses = result.losses.tolist()  # the one sync of the timed loop
     sync()
+    kernels.close()
     wall = time.perf_counter() - started
     cpu = time.process_time() - cpu_started
     steps_per_second = steps / wall
@@ -153,6 +164,7 @@ def run(
         "steps": steps,
         "threads": torch.get_num_threads(),
         "compiled": compile_step,
+        "onednn": onednn,
         "first_step_seconds": first_step_seconds,
         "seconds_per_step": wall / steps,
         # CPU seconds of this process per step: less disturbed than wall time on a shared machine.

@@ -106,6 +106,7 @@ def train_config(spec: JobSpec, env: JobEnvironment, environ: Mapping[str, str])
         pretrained_g=g,
         pretrained_d=d,
         tensorboard_dir=Path(env.tensorboard) if env.tensorboard else None,
+        compile=env.compile,
     )
 
 

@@ -76,6 +76,9 @@ class JobEnvironment:
     # read only when training starts (a resumed run has its own checkpoint).
     base_g: str | None = None
     base_d: str | None = None
+    # torch.compile the networks: None = where it wins (`rvc_core.train.compiled.compile_wins`).
+    # Not part of the job's identity: a run may resume compiled or not.
+    compile: bool | None = None
 
 
 @dataclass

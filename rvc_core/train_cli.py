@@ -13,6 +13,8 @@ from rvc_core.errors import ConfigError, RvcError
 from rvc_core.spec import PRESETS
 from rvc_core.train.config import EXPORT_CHOICES
 
+COMPILE_CHOICES: dict[str, bool | None] = {"auto": None, "on": True, "off": False}
+
 
 def add_train_options(p: argparse.ArgumentParser) -> None:
     add_dataset_options(p)
@@ -31,6 +33,13 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tensorboard", type=Path, default=None, help="write TensorBoard scalars here")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in the same --work")
     p.add_argument("--author", default=None, help="shown in Applio's model info")
+    p.add_argument(
+        "--compile",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="torch.compile the networks (first step slower, then faster where it wins); "
+        "auto = where it wins, see docs/performance.md",
+    )
 
 
 def cmd_train(args: argparse.Namespace, env: Mapping[str, str]) -> int:
@@ -64,6 +73,7 @@ def cmd_train(args: argparse.Namespace, env: Mapping[str, str]) -> int:
             device=resolve_device(args.device),
             workers=args.workers,
             tensorboard=str(args.tensorboard) if args.tensorboard else None,
+            compile=COMPILE_CHOICES[args.compile],
         )
         result = run_job(args.dataset, work, args.out, spec, job_env, environ=dict(env))
     except RvcError as err:

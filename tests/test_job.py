@@ -158,3 +158,27 @@ def test_missing_pretrained_files_are_named(tmp_path: Path) -> None:
 )
 def test_model_names_are_sanitised(raw: str, expected: str) -> None:
     assert sanitise_model_name(raw) == expected
+
+
+@pytest.mark.parametrize(("flag", "expected"), [("auto", None), ("on", True), ("off", False)])
+def test_train_cli_compile_flag_reaches_the_training_config(
+    flag: str, expected: bool | None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import rvc_core.job
+    from rvc_core.cli import main
+    from rvc_core.job_stages import train_config
+
+    seen: list[JobEnvironment] = []
+
+    def capture(
+        _zip: Path, _work: Path, _out: Path, _spec: JobSpec, env: JobEnvironment, **_: object
+    ) -> None:
+        seen.append(env)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(rvc_core.job, "run_job", capture)
+    with pytest.raises(SystemExit):
+        main(["train", str(tmp_path / "v.zip"), "--out", str(tmp_path / "out"), "--compile", flag], env={})
+    assert seen[0].compile is expected
+    config = train_config(JobSpec(model_name="v", preset="tiny"), seen[0], {"RVC_PRETRAINED": "none"})
+    assert config.compile is expected

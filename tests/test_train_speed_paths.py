@@ -161,3 +161,29 @@ def test_compile_setting_does_not_change_the_training_hash() -> None:
 
     base = TrainConfig(preset="tiny")
     assert base.training_hash() == dataclasses.replace(base, compile=True).training_hash()
+
+
+def test_the_cpu_picks_onednn_for_full_width_discriminators_only() -> None:
+    from rvc_core.train.kernels import use_onednn
+
+    assert use_onednn("cpu", build_discriminator("v2", preset="full")) is True
+    assert use_onednn("cpu", build_discriminator("v2", preset="tiny")) is False
+    assert use_onednn("cuda", build_discriminator("v2", preset="tiny")) is True
+
+
+def test_the_step_computes_the_same_losses_with_either_convolution_kernels() -> None:
+    from rvc_core.train.kernels import convolution_kernels
+
+    data = make_dataset((50, 60))
+    reference = make_trainee()
+    with_onednn = run_step(reference, data.collate([0, 1]))
+    trainee = make_trainee()
+    with convolution_kernels("cpu", trainee.discriminator) as onednn:
+        assert onednn is False and torch.backends.mkldnn.enabled is False
+        without = run_step(trainee, data.collate([0, 1]))
+    assert torch.backends.mkldnn.enabled is True  # restored for whatever runs next
+    torch.testing.assert_close(without.losses, with_onednn.losses, rtol=1e-4, atol=1e-5)
+    # The discriminator's gradients come from identical weights (before any update): they agree too.
+    for a, b in zip(trainee.d_params, reference.d_params, strict=True):
+        assert a.grad is not None and b.grad is not None
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-3, atol=1e-6)

@@ -39,6 +39,7 @@ from rvc_core.train import step as step_module
 from rvc_core.train.config import ADAMW_BETAS, ADAMW_EPS, LR_DECAY_PER_EPOCH, TrainConfig
 from rvc_core.train.data import epoch_plan, load_dataset, read_segment_records, split_batches
 from rvc_core.train.data import split_validation as make_split
+from rvc_core.train.kernels import convolution_kernels
 from rvc_core.train.results import BatchSizeReduction, EpochSummary, TrainResult
 
 if TYPE_CHECKING:
@@ -99,7 +100,8 @@ def train(
     torch.use_deterministic_algorithms(config.deterministic, warn_only=True)
     try:
         run = _Run(Path(workdir), config, Path(ckpt_dir), device, progress)
-        return run.run(deadline=deadline, should_stop=should_stop)
+        with convolution_kernels(device, run.trainee.discriminator):
+            return run.run(deadline=deadline, should_stop=should_stop)
     finally:
         torch.use_deterministic_algorithms(was_deterministic, warn_only=True)
 
