@@ -7,7 +7,6 @@ and anything libsndfile refuses.
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
 import subprocess
@@ -17,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from rvc_core.atomic import write_bytes
+from rvc_core.atomic import atomic_path
 from rvc_core.errors import UndecodableAudio
 
 # libsndfile builds differ in MP3/Opus/AAC support and gapless handling; ffmpeg decodes these
@@ -77,11 +76,11 @@ def write_wav_float32(path: Path, samples: np.ndarray, sample_rate: int) -> None
         mono = mono[:, 0]
     if mono.ndim != 1:
         raise ValueError(f"write_wav_float32 writes mono audio; got samples of shape {mono.shape}")
-    # Encoded in memory, then written atomically: libsndfile's close on a real file calls fsync,
-    # which cost more than all the signal processing of a segment (about 3 ms per file).
-    buffer = io.BytesIO()
-    sf.write(buffer, mono, sample_rate, format="WAV", subtype="FLOAT")
-    write_bytes(Path(path), buffer.getvalue())
+    # Through a Python file object, written atomically: libsndfile's close on a path calls fsync,
+    # which cost more than all the signal processing of a segment (about 3 ms per file), and an
+    # in-memory buffer costs two more copies of the samples.
+    with atomic_path(Path(path)) as tmp, open(tmp, "wb") as out:
+        sf.write(out, mono, sample_rate, format="WAV", subtype="FLOAT")
 
 
 def read_wav_float32(path: Path) -> tuple[np.ndarray, int]:
