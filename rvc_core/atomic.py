@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import numpy as np
 
+import contextlib
 import functools
 import json
 import os
@@ -15,7 +16,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 
 def default_file_mode() -> int:
@@ -49,9 +50,30 @@ def atomic_path(target: Path) -> Iterator[Path]:
             tmp.unlink()
 
 
+@contextmanager
+def atomic_file(target: Path) -> Iterator[BinaryIO]:
+    """Yields a binary file open on a temporary beside `target`; on success it replaces `target`.
+
+    The file is the descriptor `mkstemp` opened, not a second open of its path: creating files is
+    most of the cost of writing thousands of small segments.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            os.fchmod(out.fileno(), default_file_mode())  # mkstemp makes 0600 files
+            yield out
+        os.replace(tmp_name, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+        raise
+
+
 def write_bytes(target: Path, data: bytes) -> None:
-    with atomic_path(target) as tmp:
-        tmp.write_bytes(data)
+    with atomic_file(target) as out:
+        out.write(data)
 
 
 def write_text(target: Path, text: str) -> None:
@@ -65,7 +87,7 @@ def write_json(target: Path, obj: Any) -> None:
 def write_npy(target: Path, array: np.ndarray) -> None:
     import numpy as np  # here, not at import: the api service's image has no numpy
 
-    with atomic_path(target) as tmp, open(tmp, "wb") as fh:
+    with atomic_file(target) as fh:
         np.save(fh, array, allow_pickle=False)
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from rvc_core.atomic import atomic_path
+from rvc_core.atomic import atomic_file
 from rvc_core.errors import UndecodableAudio
 
 # libsndfile builds differ in MP3/Opus/AAC support and gapless handling; ffmpeg decodes these
@@ -79,7 +79,7 @@ def write_wav_float32(path: Path, samples: np.ndarray, sample_rate: int) -> None
     # Through a Python file object, written atomically: libsndfile's close on a path calls fsync,
     # which cost more than all the signal processing of a segment (about 3 ms per file), and an
     # in-memory buffer costs two more copies of the samples.
-    with atomic_path(Path(path)) as tmp, open(tmp, "wb") as out:
+    with atomic_file(Path(path)) as out:
         sf.write(out, mono, sample_rate, format="WAV", subtype="FLOAT")
 
 
