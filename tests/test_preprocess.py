@@ -406,3 +406,20 @@ def test_highpass_equals_rvcs_lfilter_across_blocks() -> None:
     got = np.concatenate([hp(x[: SR // 3]), hp(x[SR // 3 :])])
     # The (b, a) form itself rounds at ~1e-5 with poles this close to 1: below 16-bit resolution.
     np.testing.assert_allclose(got, expected, rtol=0, atol=3e-5)
+
+
+def test_statistics_count_negative_clipping_and_see_infinities_in_any_block() -> None:
+    from rvc_core.preprocess.stats import StatsAccumulator
+
+    acc = StatsAccumulator(SR, 1)
+    quiet = np.full((1000, 1), 0.1, dtype=np.float32)
+    loud = quiet.copy()
+    loud[:30] = -1.0  # clipped on the negative side only
+    broken = quiet.copy()
+    broken[5] = np.inf
+    for block in (quiet, loud, broken):
+        acc.push(block)
+    stats = acc.finish()
+    assert stats.peak == pytest.approx(1.0)
+    assert stats.clipped_fraction == pytest.approx(31 / 3000)  # the infinite sample counts as clipped
+    assert stats.finite is False

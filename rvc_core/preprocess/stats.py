@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,14 +44,20 @@ class StatsAccumulator:
         self._finite = True
 
     def push(self, block: np.ndarray) -> None:
-        magnitude = np.abs(block)
-        peak = float(magnitude.max()) if magnitude.size else 0.0
-        if not np.isfinite(peak):  # max propagates NaN and inf: only then look closer
-            self._finite = False
-            finite = magnitude[np.isfinite(magnitude)]
-            peak = float(finite.max()) if finite.size else 0.0
-        self._peak = max(self._peak, peak)
-        self._clipped += int(np.count_nonzero(magnitude >= CLIP_LEVEL))
+        if block.size:
+            # max and min need no |x| copy, and propagate NaN and inf: only then look closer.
+            high, low = float(block.max()), float(block.min())
+            if math.isfinite(high) and math.isfinite(low):
+                peak = max(high, -low)
+                if peak >= CLIP_LEVEL:  # most blocks have no sample that loud: skip the count
+                    self._clipped += int(np.count_nonzero(np.abs(block) >= CLIP_LEVEL))
+            else:
+                self._finite = False
+                magnitude = np.abs(block)
+                finite = magnitude[np.isfinite(magnitude)]
+                peak = float(finite.max()) if finite.size else 0.0
+                self._clipped += int(np.count_nonzero(magnitude >= CLIP_LEVEL))
+            self._peak = max(self._peak, peak)
         self._energy.push(downmix(block))
 
     def finish(self) -> AudioStats:
