@@ -737,7 +737,7 @@ def test_the_upload_is_removed_once_extracted(tmp_path: Path, dataset: Path) -> 
 
 # --- the slice budget leaves measured room for start-up and the upload (issue 9) ---------------------
 def test_slice_budget_shrinks_when_the_measured_upload_needs_more_than_the_reserve() -> None:
-    from consumer.work.slices import SliceBudget
+    from consumer.work.budget import SliceBudget
     from consumer.work.timings import Stopwatch
 
     budget = SliceBudget(slice_seconds=45, dispatch_deadline=60, ready_at=0.0)
@@ -755,7 +755,7 @@ def test_slice_budget_shrinks_when_the_measured_upload_needs_more_than_the_reser
 
 
 def test_first_slice_of_a_cold_instance_pays_for_its_start_up() -> None:
-    from consumer.work.slices import SliceBudget
+    from consumer.work.budget import SliceBudget
 
     cold = SliceBudget(slice_seconds=45, dispatch_deadline=60, ready_at=10.0)
     cold.startup_seconds = 30.0  # image pull, CUDA, imports: inside the first delivery's deadline

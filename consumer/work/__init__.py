@@ -1,1 +1,2 @@
-"""The work: tokens, the lease, one slice of a job, finalisation, the work-dir mirror, artifacts."""
+"""The work: tokens, the lease (taking and keeping it), one slice of a job and its answer, the slice
+budget, the slice's dataset, finalisation, the work-dir mirror, artifacts."""

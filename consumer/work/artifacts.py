@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from consumer.errors import NotFound, PreconditionFailed
 
@@ -79,6 +79,20 @@ def point_latest(store: ObjectStore, uri: str, record: JobRecord, artifacts: dic
             return
         except PreconditionFailed:
             continue
+
+
+def with_report(
+    files: dict[str, Path], dataset_report: dict[str, Any] | None, outdir: Path
+) -> dict[str, Path]:
+    """The model files plus `report.json` (the full dataset report), written when the trainer
+    did not write one itself: events carry a summary and link to it."""
+    if "report" not in files and dataset_report is not None:
+        from rvc_core.atomic import write_json
+
+        path = outdir / "report.json"
+        write_json(path, {"dataset": dataset_report})
+        files["report"] = path
+    return files
 
 
 def copy_to_output(store: ObjectStore, output_url: str, files: Mapping[str, Path]) -> dict[str, str]:

@@ -1,5 +1,5 @@
-"""The job's lease, renewed while a slice runs, carrying the latest progress into the record, and
-watching the record's cancel flag."""
+"""The job's lease: taken by compare-and-swap for one work token (or why not), then renewed while a
+slice runs, carrying the latest progress into the record, and watching the record's cancel flag."""
 
 from __future__ import annotations
 
@@ -7,10 +7,13 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
+from consumer.errors import SLICE_LOST
 from consumer.jobs.records import JobRecord, JobRecords, Lease
 from consumer.logs import log
+from consumer.work.record_errors import record_error
+from consumer.work.tokens import WorkToken
 
 logger = logging.getLogger(__name__)
 # A new stage or epoch is written into the record at once (so `GET /jobs/<id>` shows it), but at
@@ -19,6 +22,50 @@ PROGRESS_WRITE_SECONDS = 5.0
 # Between renewals the keeper reads the record this often (a read, never a write) to see a cancel
 # (`POST /jobs/<id>:cancel` sets `cancel_requested_at`): the slice stops within seconds.
 CANCEL_POLL_SECONDS = 2.0
+
+# What a token's delivery found: the lease taken ("started": the job's first slice), or why not.
+LeaseDecision = Literal["taken", "started", "final", "stale", "ahead", "busy"]
+# The answer's detail for a token that cannot take the lease and is not a final job's.
+DECISION_DETAIL: dict[str, str] = {
+    "stale": "token behind the job's sequence",
+    "ahead": "token ahead of the job's sequence; its predecessor has not advanced the record yet",
+    "busy": "another live owner holds the job's lease",
+}
+
+
+def take_lease(
+    records: JobRecords, token: WorkToken, owner: str, lease_seconds: float, clock: Callable[[], float]
+) -> tuple[LeaseDecision, JobRecord]:
+    """Takes the job's lease for this token, or says why not. Raises NotFound without a record.
+
+    A lease left on the record that no other live owner holds (expired, or ours from a slice that
+    never released it) means its slice died: that counts as a failure of the job."""
+    decision: list[LeaseDecision] = ["stale"]
+
+    def take(r: JobRecord) -> bool:
+        now = clock()
+        if r.is_final:
+            decision[0] = "final"
+            return False
+        if token.seq < r.seq:
+            decision[0] = "stale"
+            return False
+        if token.seq > r.seq:
+            decision[0] = "ahead"
+            return False
+        if r.lease and r.lease.owner != owner and r.lease.expires_at > now:
+            decision[0] = "busy"
+            return False
+        if r.lease:  # expired, or ours from a slice that never released it: that slice died
+            r.consecutive_failures += 1
+            r.error = record_error(r.stage, SLICE_LOST, f"slice {r.seq} stopped without finishing", True)
+        r.lease = Lease(owner, now + lease_seconds)
+        decision[0] = "started" if r.status == "queued" else "taken"
+        r.status = "running"
+        return True
+
+    record = records.update(token.job_id, take)
+    return decision[0], record
 
 
 class LeaseKeeper:

@@ -23,22 +23,25 @@ import logging
 import shutil
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from consumer.errors import SLICE_FAILED, SLICE_LOST, NotFound, PreconditionFailed, Superseded
-from consumer.jobs.records import JobRecord, JobRecords, Lease, job_id_for, source_key
+from consumer.errors import SLICE_FAILED, NotFound, PreconditionFailed, Superseded
+from consumer.jobs.records import JobRecord, JobRecords
 from consumer.jobs.results import Results, summarised
 from consumer.jobs.waiting import WaitingLine
 from consumer.logs import log
-from consumer.work.artifacts import publish_artifacts
+from consumer.work.answer import Outcome, SliceAnswer
+from consumer.work.artifacts import publish_artifacts, with_report
+from consumer.work.budget import SliceBudget
+from consumer.work.dataset import download_base_pair, download_dataset, drop_extracted_upload, dropping_upload
 from consumer.work.finalise import Finaliser, FinalNotPublished, cancelled_error
-from consumer.work.lease import LeaseKeeper
+from consumer.work.lease import DECISION_DETAIL, LeaseKeeper, take_lease
 from consumer.work.mirror import WorkdirMirror
 from consumer.work.progress import ProgressReporter, progress_numbers, with_history
+from consumer.work.record_errors import record_error, record_error_of
 from consumer.work.scratch import ScratchSpace, default_budget
 from consumer.work.timings import Stopwatch
 from consumer.work.tokens import WorkQueue, WorkToken
@@ -52,7 +55,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 HISTORY_LENGTH = 50  # slices kept in a record's history
 NO_PROGRESS = "no_progress"  # error code: slices advance but no stage finishes and no step is trained
-DATASET_MARKER = "dataset.json"  # beside the job's work dir once the zip was extracted and removed
 
 
 __all__ = ["FinalNotPublished", "SliceAnswer", "SliceDeps", "SliceRunner", "Trainer"]
@@ -80,64 +82,6 @@ def default_trainer() -> Trainer:
     from rvc_core.job import run_job
 
     return run_job
-
-
-Outcome = Literal[
-    "advanced",
-    "finished",
-    "failed",
-    "superseded",
-    "cancelled",
-    "stale",
-    "unknown_job",
-    "malformed",
-    "busy",
-    "ahead",
-    "retry",
-    "lease_lost",
-    "shutting_down",
-]
-# The queue retries anything but 2xx, with bounded backoff and no limit: 429 and 503 mean "later".
-HTTP_STATUS: dict[Outcome, int] = {
-    "advanced": 200,
-    "finished": 200,
-    "failed": 200,
-    "superseded": 200,
-    "cancelled": 200,
-    "stale": 200,
-    "unknown_job": 200,
-    "malformed": 200,
-    "lease_lost": 200,
-    "busy": 429,
-    "ahead": 429,
-    "retry": 503,
-    "shutting_down": 503,
-}
-
-
-LeaseDecision = Literal["taken", "started", "final", "stale", "ahead", "busy"]
-
-
-@dataclass(frozen=True)
-class SliceAnswer:
-    outcome: Outcome
-    detail: str = ""
-    job_id: str | None = None
-    seq: int | None = None
-    # Seconds per part of the slice (SLICE_PARTS) and "total": what was training, what was overhead.
-    timings: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def http_status(self) -> int:
-        return HTTP_STATUS[self.outcome]
-
-    def as_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "outcome": self.outcome, "detail": self.detail, "job_id": self.job_id, "seq": self.seq,
-        }  # fmt: skip
-        if self.timings:
-            out["timings"] = self.timings
-        return out
 
 
 # The parts of a slice's wall time in `SliceAnswer.timings`. Only `run_job` is training; the rest
@@ -202,53 +146,6 @@ class _Slice:
         r.history = [*r.history, entry][-HISTORY_LENGTH:]
 
 
-# The parts of a slice that come after `run_job` returns: its work budget must leave room for them.
-AFTER_WORK_PARTS = ("sync", "queue_next", "advance", "artifacts", "finalise")
-MEASURED_SLICES = 5  # the reserve follows the slowest of this many recent slices
-MIN_WORK_SECONDS = 1.0
-
-
-COLD_START_WINDOW = 60.0  # a first delivery this soon after start-up most likely caused the start
-
-
-class SliceBudget:
-    """How long `run_job` may work in one slice. SLICE_SECONDS (the dispatch deadline less a static
-    reserve) unless measurements say the reserve is too small: this instance's start-up (which
-    passed inside the deadline of the delivery that started it) and the slowest recent upload
-    after the work."""
-
-    def __init__(self, slice_seconds: float, dispatch_deadline: float, ready_at: float) -> None:
-        self.slice_seconds = slice_seconds
-        self.dispatch_deadline = dispatch_deadline
-        self.ready_at = ready_at  # monotonic time this runner was built
-        self.startup_seconds = process_age_seconds()  # from the process's start to ready
-        self.first = True
-        self.after_work: deque[float] = deque(maxlen=MEASURED_SLICES)
-
-    def work_seconds(self, received: float) -> float:
-        cold = self.first and received - self.ready_at < COLD_START_WINDOW
-        startup = self.startup_seconds + (received - self.ready_at) if cold else 0.0
-        self.first = False
-        measured = startup + max(self.after_work, default=0.0)
-        margin = 0.05 * self.dispatch_deadline  # the answer's way back, clock skew
-        return max(MIN_WORK_SECONDS, min(self.slice_seconds, self.dispatch_deadline - measured - margin))
-
-    def record(self, watch: Stopwatch) -> None:
-        self.after_work.append(sum(watch.seconds(part) for part in AFTER_WORK_PARTS))
-
-
-def process_age_seconds() -> float:
-    """Seconds since this process started (Linux /proc); 0 where that cannot be read."""
-    import os
-
-    try:
-        with open("/proc/self/stat") as stat, open("/proc/uptime") as uptime:
-            start_ticks = int(stat.read().rsplit(")", 1)[1].split()[19])
-            return max(0.0, float(uptime.read().split()[0]) - start_ticks / os.sysconf("SC_CLK_TCK"))
-    except (OSError, ValueError, IndexError):
-        return 0.0
-
-
 class SliceRunner:
     """Runs slices, one at a time per process (a second concurrent token is answered "busy")."""
 
@@ -285,7 +182,7 @@ class SliceRunner:
         d = self.deps
         try:
             with watch.part("lease"):  # one read and one compare-and-swap write of the record
-                decision, record = self._take_lease(token)
+                decision, record = take_lease(d.records, token, d.owner, d.settings.lease_seconds, d.clock)
         except NotFound:
             return SliceAnswer("unknown_job", "no record for this job", token.job_id, token.seq)
         if decision == "final":
@@ -293,7 +190,7 @@ class SliceRunner:
         if decision == "started" and not record.cancel_requested_at:
             self._announce_start(record)
         elif decision != "taken":
-            return SliceAnswer(decision, _DECISION_DETAIL[decision], token.job_id, token.seq)
+            return SliceAnswer(decision, DECISION_DETAIL[decision], token.job_id, token.seq)
         s = _Slice(token, record, d.clock(), int(record.progress.get("epoch") or 0), deadline, watch)
         s.history = list(record.progress.get("history") or [])
         log(logger, logging.INFO, "slice started", job_id=s.job_id, seq=token.seq, owner=d.owner)
@@ -325,7 +222,7 @@ class SliceRunner:
                 return self._cancel(s)
             if record.consecutive_failures >= d.settings.max_consecutive_failures:
                 return self._fail(
-                    s, record.error or _error(record.stage, SLICE_FAILED, "too many failures", True)
+                    s, record.error or record_error(record.stage, SLICE_FAILED, "too many failures", True)
                 )
             with s.watch.part("newer_upload"):
                 newer = self._newer_upload(record)
@@ -345,11 +242,11 @@ class SliceRunner:
             return self._supersede(s, str(sup), sup.newer_job)
         except RvcError as err:
             if err.retryable or isinstance(err, PreconditionFailed):  # a lost CAS race: try again later
-                return self._count_failure(s, _error_of(err, record.stage))
-            return self._fail(s, _error_of(err, record.stage), dataset_report=self._report(s.job_id))
+                return self._count_failure(s, record_error_of(err, record.stage))
+            return self._fail(s, record_error_of(err, record.stage), dataset_report=self._report(s.job_id))
         except Exception as err:  # a bug or the machine (out of memory, a dead GPU): retried, counted
             logger.exception("slice crashed", extra={"fields": {"job_id": s.job_id, "seq": s.token.seq}})
-            return self._count_failure(s, _error(record.stage, SLICE_FAILED, repr(err), True))
+            return self._count_failure(s, record_error(record.stage, SLICE_FAILED, repr(err), True))
 
     def _train(self, s: _Slice, keeper: LeaseKeeper) -> SliceAnswer:
         d = self.deps
@@ -361,8 +258,8 @@ class SliceRunner:
         with s.watch.part("restore"):
             mirror.restore()
         with s.watch.part("dataset"):
-            dataset = self._dataset(s.record, local / "dataset.zip", workdir)
-            base_g, base_d = self._base_pair(s.record, local / "base", workdir)
+            dataset = download_dataset(d.store_for, s.record, local / "dataset.zip", workdir)
+            base_g, base_d = download_base_pair(d.store_for, s.record, local / "base", workdir)
         shutil.rmtree(outdir, ignore_errors=True)
         reporter = ProgressReporter(
             d.results, s.record, keeper, d.settings.progress_every_epochs, s.watch, history=s.history
@@ -382,10 +279,10 @@ class SliceRunner:
             progress = d.trainer(
                 dataset, workdir, outdir, _job_spec(s.record), environment, deadline=s.deadline,
                 should_stop=lambda: d.stop.is_set() or keeper.cancelled.is_set() or not keeper.owns(),
-                progress=self._dropping_upload(reporter, s.record, dataset, workdir),
+                progress=dropping_upload(reporter, s.record, dataset, workdir),
             )  # fmt: skip
         finally:
-            self._drop_extracted_upload(s.record, dataset, workdir)
+            drop_extracted_upload(s.record, dataset, workdir)
         publishing = s.watch.seconds("progress") - progress_before
         s.watch.add("run_job", s.watch.clock() - started - publishing)
         s.history = reporter.history
@@ -395,7 +292,7 @@ class SliceRunner:
             return self._cancel(s, progress)
         if progress.status == "finished":
             with s.watch.part("artifacts"):
-                files = self._with_report(dict(progress.artifacts), progress.dataset_report, outdir)
+                files = with_report(dict(progress.artifacts), progress.dataset_report, outdir)
                 artifacts = publish_artifacts(d.store_for, d.settings.models_url, s.record, files)
             if (stopped := self._not_owner(s, keeper)) is not None:
                 return stopped
@@ -420,76 +317,6 @@ class SliceRunner:
             )
         return None
 
-    def _with_report(
-        self, files: dict[str, Path], dataset_report: dict[str, Any] | None, outdir: Path
-    ) -> dict[str, Path]:
-        """The model files plus `report.json` (the full dataset report), written when the trainer
-        did not write one itself: events carry a summary and link to it."""
-        if "report" not in files and dataset_report is not None:
-            from rvc_core.atomic import write_json
-
-            path = outdir / "report.json"
-            write_json(path, {"dataset": dataset_report})
-            files["report"] = path
-        return files
-
-    def _dataset(self, record: JobRecord, path: Path, workdir: Path) -> Path:
-        """The upload, downloaded once per instance; a different generation means a newer upload.
-        Not downloaded at all once the work dir holds its extracted audio (rvc_core's `extract`)."""
-        if path.exists() or _extracted(workdir):
-            return path
-        # A deleted upload raises NotFound: a permanent failure of this job.
-        info = self.deps.store_for(record.source.uri).download_file(record.source.uri, path)
-        if info.generation != record.source.generation:
-            path.unlink(missing_ok=True)
-            newer = job_id_for(source_key(record.source.bucket, record.source.name, info.generation))
-            raise Superseded(f"the upload was replaced by generation {info.generation}", newer)
-        return path
-
-    def _base_pair(self, record: JobRecord, folder: Path, workdir: Path) -> tuple[str | None, str | None]:
-        """`base-model`: local paths of the base model's G/D pair (resolved at intake), downloaded
-        into this job's scratch once, and only while training has not started (a resumed run reads
-        its own checkpoint; the paths still go to the trainer, whose config names them)."""
-        spec = record.spec
-        if not spec.get("base_g") or not spec.get("base_d"):
-            return None, None
-        paths = []
-        for uri in (str(spec["base_g"]), str(spec["base_d"])):
-            path = folder / uri.rstrip("/").rsplit("/", 1)[-1]
-            if not path.exists() and not (workdir / "checkpoints" / "latest.pt").exists():
-                folder.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_name(f".{path.name}.part")
-                self.deps.store_for(uri).download_file(uri, tmp)  # a deleted base: NotFound, permanent
-                tmp.replace(path)
-            paths.append(str(path))
-        return paths[0], paths[1]
-
-    def _dropping_upload(
-        self, reporter: Callable[[ProgressEvent], None], record: JobRecord, dataset: Path, workdir: Path
-    ) -> Callable[[ProgressEvent], None]:
-        """The progress callback, which also drops the upload as soon as a stage after `extract` starts."""
-
-        def progress(event: ProgressEvent) -> None:
-            if event.stage != "extract" and dataset.exists():
-                self._drop_extracted_upload(record, dataset, workdir)
-            reporter(event)
-
-        return progress
-
-    def _drop_extracted_upload(self, record: JobRecord, dataset: Path, workdir: Path) -> None:
-        """Once rvc_core extracted the zip's audio into the work dir, the zip is a second raw copy of
-        the dataset in scratch (memory on Cloud Run): remove it, keeping a marker of what it was."""
-        if not dataset.exists() or not _extracted(workdir):
-            return
-        from rvc_core.atomic import write_json
-
-        write_json(
-            dataset.parent / DATASET_MARKER,
-            {"uri": record.source.uri, "generation": record.source.generation,
-             "bytes": dataset.stat().st_size, "removed": "extracted into work/extract"},
-        )  # fmt: skip
-        dataset.unlink(missing_ok=True)
-
     def _newer_upload(self, record: JobRecord) -> str | None:
         records = self.deps.records
         newest = records.newest(record.model_name)
@@ -504,36 +331,6 @@ class SliceRunner:
             return str(newest["job_id"])
         return None
 
-    def _take_lease(self, token: WorkToken) -> tuple[LeaseDecision, JobRecord]:
-        """Takes the job's lease for this token, or says why not. Raises NotFound without a record."""
-        d = self.deps
-        decision: list[LeaseDecision] = ["stale"]
-
-        def take(r: JobRecord) -> bool:
-            now = d.clock()
-            if r.is_final:
-                decision[0] = "final"
-                return False
-            if token.seq < r.seq:
-                decision[0] = "stale"
-                return False
-            if token.seq > r.seq:
-                decision[0] = "ahead"
-                return False
-            if r.lease and r.lease.owner != d.owner and r.lease.expires_at > now:
-                decision[0] = "busy"
-                return False
-            if r.lease:  # expired, or ours from a slice that never released it: that slice died
-                r.consecutive_failures += 1
-                r.error = _error(r.stage, SLICE_LOST, f"slice {r.seq} stopped without finishing", True)
-            r.lease = Lease(d.owner, now + d.settings.lease_seconds)
-            decision[0] = "started" if r.status == "queued" else "taken"
-            r.status = "running"
-            return True
-
-        record = d.records.update(token.job_id, take)
-        return decision[0], record
-
     def _announce_start(self, record: JobRecord) -> None:
         """The job's first slice: it leaves the waiting line, and `running` goes out (once per id)."""
         try:
@@ -546,7 +343,7 @@ class SliceRunner:
         """Queues the next token and advances the record. A slice that `moved` nothing (no stage
         finished, no training step) counts as a failure: a job that never moves ends `no_progress`."""
         d = self.deps
-        stuck = None if moved else _error(
+        stuck = None if moved else record_error(
             progress.stage, NO_PROGRESS,
             f"slice {s.token.seq} ended at {progress.stage} epoch {progress.epoch} step {progress.step}, "
             "where the previous one did: the work dir is not being kept between slices",
@@ -641,7 +438,7 @@ class SliceRunner:
     def _supersede(self, s: _Slice, message: str, newer_job: str | None) -> SliceAnswer:
         def supersede(r: JobRecord) -> None:
             s.note(r, "superseded", self.deps.clock())
-            r.error = _error(r.stage, Superseded.code, message, False)
+            r.error = record_error(r.stage, Superseded.code, message, False)
             r.superseded_by = newer_job
 
         if self._finalise(s, "superseded", supersede) is None:
@@ -739,13 +536,6 @@ class SliceRunner:
         self.finaliser.delete_work(job_id)
 
 
-_DECISION_DETAIL: dict[str, str] = {
-    "stale": "token behind the job's sequence",
-    "ahead": "token ahead of the job's sequence; its predecessor has not advanced the record yet",
-    "busy": "another live owner holds the job's lease",
-}
-
-
 # --- small helpers ----------------------------------------------------------------------------------
 def _job_spec(record: JobRecord) -> Any:
     from rvc_core.jobspec import JobSpec
@@ -756,12 +546,6 @@ def _job_spec(record: JobRecord) -> Any:
 def _summary(report: dict[str, Any] | None) -> dict[str, Any] | None:
     """What the record keeps of a dataset report: the full one is `report.json` beside the model."""
     return None if report is None else summarised(report)
-
-
-def _extracted(workdir: Path) -> bool:
-    from rvc_core.layout import WorkDir
-
-    return WorkDir(workdir).is_done("extract")
 
 
 def _milestones(workdir: Path) -> frozenset[str]:
@@ -777,11 +561,3 @@ def _position(progress: Any) -> tuple[str, int, int]:
 def _position_of(record: JobRecord) -> tuple[str, int, int]:
     p = record.progress
     return str(p.get("stage") or record.stage), int(p.get("epoch") or 0), int(p.get("step") or 0)
-
-
-def _error(stage: str | None, code: str, message: str, retryable: bool) -> dict[str, Any]:
-    return {"stage": stage, "code": code, "message": message, "retryable": retryable}
-
-
-def _error_of(err: RvcError, stage: str | None) -> dict[str, Any]:
-    return _error(err.stage or stage, err.code, err.message, err.retryable)
