@@ -215,6 +215,29 @@ def test_a_cancel_asked_just_before_the_slice_advances_ends_the_job_there(
     assert [f.kind for f in finals(stack, job_id)] == ["cancelled"]
 
 
+def test_a_first_slice_that_finds_the_cancel_flag_ends_the_job_cancelled(
+    tmp_path: Path, dataset: Path
+) -> None:
+    """The flag is set but the job not finalised (the api died in between): its first slice, which
+    starts the job, cancels it there with the one final event instead of failing."""
+    trainer = FakeTrainer(epochs_per_call=2)
+    stack = make_stack(tmp_path / "stack", trainer)
+    stack.upload(dataset, "datasets/alice.zip", {"epochs": "10"})
+    stack.bus.run_until_idle(timeout=30)
+    job_id = only_job(stack)
+
+    def flag(r: Any) -> bool:
+        r.cancel_requested_at = "now"
+        return True
+
+    stack.services.records.update(job_id, flag)
+    assert post_token(stack, job_id, 0).get_json()["outcome"] == "cancelled"
+    stack.run(timeout=30)
+    assert [f.kind for f in finals(stack, job_id)] == ["cancelled"]
+    assert not trainer.calls
+    assert "started" not in [r.kind for r in stack.results if r.data.get("job_id") == job_id]
+
+
 # --- answers ---------------------------------------------------------------------------------------------
 def test_cancel_twice_is_a_409_that_says_so_and_an_unknown_job_a_404(tmp_path: Path, dataset: Path) -> None:
     stack = make_stack(tmp_path / "stack", FakeTrainer())

@@ -187,10 +187,10 @@ class SliceRunner:
             return SliceAnswer("unknown_job", "no record for this job", token.job_id, token.seq)
         if decision == "final":
             return self._redelivered_final(token, record)
-        if decision == "started" and not record.cancel_requested_at:
-            self._announce_start(record)
-        elif decision != "taken":
+        if decision not in ("started", "taken"):
             return SliceAnswer(decision, DECISION_DETAIL[decision], token.job_id, token.seq)
+        if decision == "started" and not record.cancel_requested_at:  # a cancelled job never "starts"
+            self._announce_start(record)
         s = _Slice(token, record, d.clock(), int(record.progress.get("epoch") or 0), deadline, watch)
         s.history = list(record.progress.get("history") or [])
         log(logger, logging.INFO, "slice started", job_id=s.job_id, seq=token.seq, owner=d.owner)
