@@ -16,6 +16,7 @@ from typing import Any
 from consumer.errors import SettingsError
 
 PRESETS: tuple[str, ...] = ("full", "tiny")
+COMPILE_CHOICES: tuple[str, ...] = ("auto", "on", "off")  # rvc_core.jobspec.COMPILE_CHOICES' keys
 MESSAGING_KINDS: tuple[str, ...] = ("pubsub", "local")
 ROLES: tuple[str, ...] = ("all", "api", "worker")
 MAX_DISPATCH_DEADLINE_SECONDS = 1800  # Cloud Tasks' ceiling for an HTTP task
@@ -81,6 +82,11 @@ class Settings:
         "PROGRESS_EVERY_EPOCHS", "publish a progress event every N epochs (and at each stage)", 10
     )
     train_preset: str = env_field("TRAIN_PRESET", "network size: full (RVC's) or tiny (tests, demos)", "full")
+    train_compile: str = env_field(
+        "TRAIN_COMPILE",
+        "torch.compile the networks: auto (where it wins, docs/performance.md), on or off",
+        "auto",
+    )
     rvc_assets: str | None = env_field(
         "RVC_ASSETS", "folder of weight files (hubert, rmvpe), or 'none' for random networks", None
     )
@@ -403,6 +409,7 @@ PARSERS: dict[str, Callable[[str], Any]] = {
     "max_consecutive_failures": _integer(1, 100),
     "progress_every_epochs": _integer(1, 10_000),
     "train_preset": _choice(PRESETS),
+    "train_compile": _choice(COMPILE_CHOICES),
     "messaging": _choice(MESSAGING_KINDS),
     "device": _choice(DEVICES),
     "port": _integer(1, 65535),

@@ -65,6 +65,10 @@ class JobSpec:
         )
 
 
+# `--compile` / TRAIN_COMPILE -> `JobEnvironment.compile`.
+COMPILE_CHOICES: dict[str, bool | None] = {"auto": None, "on": True, "off": False}
+
+
 @dataclass(frozen=True)
 class JobEnvironment:
     assets: str | None = None  # a folder, or "none" for random networks; None: $RVC_ASSETS

@@ -28,6 +28,7 @@ from rvc_core.progress import ProgressEvent
 class Call:
     job_dir: str  # the work dir's parent: one per job
     resumed_epoch: int  # the checkpoint's epoch when the call started
+    env: JobEnvironment | None = None  # what the worker passed (assets, device, compile, ...)
 
 
 @dataclass
@@ -57,7 +58,7 @@ class FakeTrainer:
         checkpoint = Path(workdir) / "train" / "checkpoint.json"
         epoch = json.loads(checkpoint.read_text())["epoch"] if checkpoint.exists() else 0
         with self._lock:
-            self.calls.append(Call(str(Path(workdir).parent), epoch))
+            self.calls.append(Call(str(Path(workdir).parent), epoch, env))
             self.running += 1
             self.max_running = max(self.max_running, self.running)
         try:

@@ -64,6 +64,29 @@ def test_slice_budget_is_derived_from_the_dispatch_deadline(tmp_path: Path) -> N
         Settings.from_env(local_env(tmp_path, DISPATCH_DEADLINE_SECONDS="3600"))
 
 
+@pytest.mark.parametrize(("value", "expected"), [(None, None), ("on", True), ("off", False)])
+def test_train_compile_reaches_the_trainer(tmp_path: Path, value: str | None, expected: bool | None) -> None:
+    from consumer.local.demo import LocalStack
+    from rvc_core.testing import simple_dataset_zip
+    from tests.factories_consumer import FakeTrainer
+
+    trainer = FakeTrainer(epochs_per_call=1)
+    env = {"SLICE_SECONDS": "60"} | ({"TRAIN_COMPILE": value} if value else {})
+    stack = LocalStack(tmp_path / "stack", env=env, trainer=trainer)
+    stack.upload(
+        simple_dataset_zip(tmp_path / "alice.zip", files=2, seconds=1.0),
+        "datasets/alice.zip",
+        {"epochs": "1"},
+    )
+    stack.run(timeout=60)
+    assert trainer.calls and all(c.env is not None and c.env.compile is expected for c in trainer.calls)
+
+
+def test_a_bad_train_compile_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match="TRAIN_COMPILE"):
+        Settings.from_env(local_env(tmp_path, TRAIN_COMPILE="sometimes"))
+
+
 def test_cloud_settings_need_a_queue_and_a_work_url() -> None:
     cloud = {"STATE_BUCKET": "gs://s", "MODELS_BUCKET": "gs://m", "GOOGLE_CLOUD_PROJECT": "p"}
     with pytest.raises(SettingsError, match="TASK_QUEUE is required"):

@@ -264,7 +264,7 @@ class SliceRunner:
         reporter = ProgressReporter(
             d.results, s.record, keeper, d.settings.progress_every_epochs, s.watch, history=s.history
         )
-        from rvc_core.jobspec import JobEnvironment
+        from rvc_core.jobspec import COMPILE_CHOICES, JobEnvironment
 
         environment = JobEnvironment(
             assets=d.settings.rvc_assets,
@@ -272,6 +272,7 @@ class SliceRunner:
             device=d.settings.resolved_device(),
             base_g=base_g,
             base_d=base_d,
+            compile=COMPILE_CHOICES[d.settings.train_compile],
         )
         milestones, position = _milestones(workdir), _position_of(s.record)  # the reporter updates s.record
         started, progress_before = s.watch.clock(), s.watch.seconds("progress")
