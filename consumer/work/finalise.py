@@ -21,6 +21,7 @@ from consumer.jobs.results import ResultKind, Results, final_kind, publish_once
 from consumer.jobs.waiting import WaitingLine
 from consumer.logs import log
 from consumer.work.mirror import WorkdirMirror
+from consumer.work.record_errors import record_error
 
 if TYPE_CHECKING:
     from consumer.adapters.storage import ObjectStore
@@ -37,7 +38,7 @@ class FinalNotPublished(Exception):
 
 
 def cancelled_error(stage: str | None) -> dict[str, object]:
-    return {"stage": stage, "code": CANCELLED, "message": "cancelled on request", "retryable": False}
+    return record_error(stage, CANCELLED, "cancelled on request", retryable=False)
 
 
 @dataclass
