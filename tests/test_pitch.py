@@ -398,6 +398,41 @@ def test_rmvpe_longest_clip_of_a_batch_gets_its_solo_result(extractors: dict[str
     np.testing.assert_allclose(batched, solo, rtol=1e-4, atol=1e-3)
 
 
+def test_rmvpe_batched_clips_match_clips_run_alone() -> None:
+    import torch
+
+    from rvc_core.pitch.rmvpe import RmvpeExtractor, build_random_net
+    from rvc_core.pitch.rmvpe_net import RmvpeArchitecture
+
+    # Wider than TINY and perturbed (BatchNorms not identities), so that padding shows: batching
+    # clips of different padded sizes together moved short clips' f0 by hundreds of Hz.
+    net = build_random_net(RmvpeArchitecture(n_blocks=1, inter_layers=1, en_out_channels=4, gru_hidden=16))
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(1)
+        for parameter in net.parameters():
+            parameter.add_(0.1 * torch.randn_like(parameter))
+    extractor = RmvpeExtractor(net)
+    # Three lengths share one padded size (352 frames), the others each have their own.
+    lengths = [56000, 55000, 51300, 16000, 15000, 8000, 2000, 400]
+    clips = [_noisy_tone(n, seed=i) for i, n in enumerate(lengths)]
+    batched = extractor.extract(clips)
+    for clip, together in zip(clips, batched, strict=True):
+        (alone,) = extractor.extract([clip])
+        np.testing.assert_allclose(together, alone, rtol=1e-5, atol=1e-2)
+
+
+def test_rmvpe_groups_hold_one_padded_size() -> None:
+    from rvc_core.pitch.rmvpe import length_groups
+
+    lengths = [16000, 3000, 48000, 800, 16100, 9000, 3100]
+    groups = list(length_groups(lengths, 10**9, bucket=lambda n: n // 10000))
+    assert [sorted(lengths[i] for i in g) for g in groups] == [
+        [800, 3000, 3100, 9000],
+        [16000, 16100],
+        [48000],
+    ]
+
+
 def test_rmvpe_small_batch_budget_still_returns_every_clip_in_order() -> None:
     extractor = load_pitch_extractor("rmvpe", assets=AssetStore(None), batch_seconds=0.2)
     pitch = extractor.extract([np.zeros(n, dtype=np.float32) for n in CLIP_LENGTHS])
