@@ -99,6 +99,38 @@ def test_items_of_equal_length_batched_match_items_run_alone(random_v2: ContentE
         np.testing.assert_allclose(batched, single, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("version", ["v2", "v1"])
+def test_items_of_different_lengths_batched_match_items_run_alone(version: str) -> None:
+    # Tolerance 1.0 puts them all in one padded batch; the mask must hide the padding entirely.
+    encoder = load_content_encoder(version, assets=AssetStore(None), pad_tolerance=1.0)
+    items = [voice(seconds, seed=i) for i, seconds in enumerate((0.9, 0.5, 0.73, 0.031))]
+    lengths = [len(a) for a in items]
+    assert len(plan_batches(lengths, max_batch_samples=encoder.max_batch_samples, pad_tolerance=1.0)) == 1
+    together = encoder.extract(items)
+    alone = [encoder.extract([item])[0] for item in items]
+    for batched, single in zip(together, alone, strict=True):
+        assert batched.shape == single.shape
+        np.testing.assert_allclose(batched, single, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("layer", [9, 12])
+def test_padded_rows_with_lengths_match_rows_run_alone(source, layer: int) -> None:  # type: ignore[no-untyped-def]
+    # A perturbed network: GroupNorm, positional convolution and attention all non-trivial.
+    lengths = [16000, 11000, 6543, 401]
+    rows = [voice(n / SR, seed=i) for i, n in enumerate(lengths)]
+    padded = np.zeros((len(rows), max(lengths)), np.float32)
+    for row, audio in zip(padded, rows, strict=True):
+        row[: len(audio)] = audio
+    with torch.inference_mode():
+        together = source.layer_output(torch.from_numpy(padded), layer, lengths)
+        alone = [source.layer_output(torch.from_numpy(audio[None]), layer)[0] for audio in rows]
+        unmasked = source.layer_output(torch.from_numpy(padded), layer)
+    for row, single in zip(together, alone, strict=True):
+        np.testing.assert_allclose(row[: len(single)].numpy(), single.numpy(), rtol=1e-5, atol=1e-5)
+    # Without lengths a short row differs: the comparison above is not vacuous.
+    assert not np.allclose(unmasked[2, : len(alone[2])].numpy(), alone[2].numpy(), rtol=1e-5, atol=1e-5)
+
+
 def test_too_short_item_is_rejected(random_v2: ContentEncoder) -> None:
     with pytest.raises(ValueError, match="at least 400"):
         random_v2.extract([np.zeros(399, np.float32)])

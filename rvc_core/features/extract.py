@@ -4,12 +4,12 @@ v2 reads transformer layer 12 (768-d); v1 reads layer 9 through `final_proj` (25
 raw float waveform: no normalisation, no padding mask (RVC passes an all-false mask).
 
 Batching: items are zero-padded at the end to the longest item of their batch and the outputs
-trimmed back per item. Without a padding mask that padding is not invisible: the first convolution's
-GroupNorm normalises over the whole (padded) time axis and every frame attends to the padded
-frames, so a padded item's features differ slightly from those of the item run alone. By default
-only items of identical length share a batch (`pad_tolerance=0.0`), which gives exactly what RVC
-computes; the fixed-length segments of `prepare` make most items the same length, so most batches
-are still full. Raise `pad_tolerance` to trade that exactness for speed.
+trimmed back per item. A batch of unequal items runs with their lengths
+(`HubertModel.layer_output(..., lengths)`): the front end per item, the transformer batched with
+the padded frames zeroed and masked out of attention, so every item gets what it would get alone
+(what RVC computes), to float rounding. Items of one batch may differ by `pad_tolerance` (a
+fraction of the longest): the padded frames still cost transformer time, and batching pays on CPU
+too (measured: a batch of 8 segments ~1.8x faster than 8 single passes, 2 cores).
 
 Precision: float32 on CPU; float16 autocast on CUDA (weights stay float32, norms run in float32).
 An item whose features are not finite is recomputed alone in float32; if it still is not,
@@ -36,7 +36,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BATCH_SECONDS = {"cpu": 10.0, "cuda": 120.0}  # seconds of padded audio per forward pass
+DEFAULT_BATCH_SECONDS = {"cpu": 30.0, "cuda": 120.0}  # seconds of padded audio per forward pass
+# Default length spread within a batch: `prepare`'s segments vary (silence cuts them), so exact
+# lengths alone leave most batches with one item.
+DEFAULT_PAD_TOLERANCE = 0.2
 
 
 def content_frames(n_samples: int) -> int:
@@ -115,7 +118,9 @@ class ContentEncoder:
         padded = np.zeros((len(items), longest), np.float32)
         for row, (_, audio) in enumerate(items):
             padded[row, : len(audio)] = audio
-        output = self._forward(torch.from_numpy(padded), half=self.half)
+        lengths = [len(audio) for _, audio in items]
+        ragged = lengths if min(lengths) < longest else None  # equal rows: the plain batched path
+        output = self._forward(torch.from_numpy(padded), half=self.half, lengths=ragged)
         if output.shape[1] != content_frames(longest) or output.shape[2] != self.dim:
             raise RuntimeError(
                 f"encoder gave {tuple(output.shape[1:])} for {longest} samples, "
@@ -141,13 +146,20 @@ class ContentEncoder:
             )
         return features
 
-    def _forward(self, waveforms: torch.Tensor, *, half: bool) -> np.ndarray:
-        """(batch, samples) float32 on the host -> (batch, frames, dim) float32 on the host."""
+    def _forward(
+        self, waveforms: torch.Tensor, *, half: bool, lengths: list[int] | None = None
+    ) -> np.ndarray:
+        """(batch, samples) float32 on the host -> (batch, frames, dim) float32 on the host;
+        `lengths`: samples per row when the rows differ (see `HubertModel.layer_output`)."""
         import torch
 
         autocast = torch.autocast("cuda", dtype=torch.float16) if half else contextlib.nullcontext()
         with torch.inference_mode(), autocast:
-            hidden = self.model.layer_output(waveforms.to(self.device), self.output_layer)
+            x = waveforms.to(self.device)
+            if lengths is None:
+                hidden = self.model.layer_output(x, self.output_layer)
+            else:
+                hidden = self.model.layer_output(x, self.output_layer, lengths)
             if self.version == "v1":
                 hidden = self.model.project(hidden)
         return hidden.float().cpu().numpy()
@@ -190,13 +202,13 @@ def load_content_encoder(
     device: str = "cpu",
     half: bool | None = None,
     max_batch_seconds: float | None = None,
-    pad_tolerance: float = 0.0,
+    pad_tolerance: float = DEFAULT_PAD_TOLERANCE,
 ) -> ContentEncoder:
     """The encoder for `version` ("v2" or "v1"); random stand-in weights with `--assets none`
     (full-size HuBERT-base with random weights for `AssetStore.random_full()`).
 
     `half` defaults to True on CUDA. `max_batch_seconds` bounds the padded audio per forward pass
-    (default 120 s on CUDA, 10 s on CPU)."""
+    (default 120 s on CUDA, 30 s on CPU); `pad_tolerance`: see `plan_batches`."""
     if version not in FEATURE_DIMS:
         raise ConfigError(f"version must be v2 or v1, got {version!r}")
     wanted_layer = FEATURE_LAYERS[version]

@@ -6,6 +6,7 @@ torchaudio are imported inside the functions, so importing this module stays che
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -76,14 +77,40 @@ class HubertModel:
             self.final_proj.to(device)
         return self
 
-    def layer_output(self, waveforms: torch.Tensor, layer: int) -> torch.Tensor:
+    def layer_output(
+        self, waveforms: torch.Tensor, layer: int, lengths: Sequence[int] | None = None
+    ) -> torch.Tensor:
         """Output of transformer layer `layer` (1-based, like fairseq's `output_layer` and HF's
         `hidden_states[layer]`) for float waveforms (batch, samples): (batch, frames, embed_dim).
-        No padding mask: RVC runs with an all-false mask, which is the same as none."""
+        No padding mask: RVC runs with an all-false mask, which is the same as none.
+
+        `lengths` (samples per row, zero padding after them) makes each row's valid frames what
+        the row alone would give: see `_padded_layer_output`. Frames past a row's own are junk."""
         if not 1 <= layer <= self.arch.num_layers:
             raise ValueError(f"layer must be in 1..{self.arch.num_layers}, got {layer}")
+        if lengths is not None:
+            return self._padded_layer_output(waveforms, layer, lengths)
         outputs, _ = self.network.extract_features(waveforms, None, num_layers=layer)
         return outputs[layer - 1]
+
+    def _padded_layer_output(
+        self, waveforms: torch.Tensor, layer: int, lengths: Sequence[int]
+    ) -> torch.Tensor:
+        """Rows of different lengths in one transformer batch, each exactly as if run alone. The
+        convolutional front end runs per row on the row's own samples, because its GroupNorm
+        normalises over the whole time axis (padding would shift it); batching it gains nothing on
+        CPU anyway. The transformer runs batched with frame lengths: torchaudio then zeroes the
+        padded frames before the positional convolution (which, alone, sees zero padding there
+        too) and masks them out of attention, the only places where frames mix."""
+        import torch
+
+        rows = [
+            self.network.feature_extractor(waveforms[i : i + 1, :n], None)[0][0]
+            for i, n in enumerate(lengths)
+        ]
+        frames = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True)
+        counts = torch.tensor([len(r) for r in rows], device=frames.device)
+        return self.network.encoder.extract_features(frames, counts, num_layers=layer)[layer - 1]
 
     def project(self, hidden: torch.Tensor) -> torch.Tensor:
         if self.final_proj is None:
