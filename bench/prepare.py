@@ -7,7 +7,8 @@ Each dataset size runs in its own process, so peak RSS is that size's alone (par
 processes reported separately). The dataset is generated first (synthetic speech-like audio,
 44.1 kHz 16-bit wav files of 2 minutes) and its generation is not timed. Loading each model (and,
 for the first, starting CUDA) is timed as its own row (`load_pitch`, `load_features`), apart from
-the stage's work; `pitch_features_x_realtime` is input audio over the pitch and feature work.
+the stage's work; `pitch_features_x_realtime` is input audio over the pitch and feature work, and
+`pitch_x_realtime` / `features_x_realtime` are input audio over each stage's work alone.
 
 `--assets none`: the pitch and feature networks are small random stand-ins, whose speed says
 nothing about the real ones. `--assets random-full`: the real architectures (RMVPE, HuBERT-base)
@@ -34,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 STAGES = ("extract", "preprocess", "pitch", "features")
 ROWS = ("extract", "preprocess", "load_pitch", "pitch", "load_features", "features")
 RANDOM_FULL = "random-full"
+MODEL_STAGES = ("pitch", "features")  # rated apart and together, model loading excluded
 # Stage -> (package, loader) that `prepare` looks up when the stage starts its model.
 LOADERS = {
     "pitch": ("rvc_core.pitch", "load_pitch_extractor"),
@@ -126,7 +128,7 @@ def run_one(
         bounds = [*marks, ("end", end)]
         stage_seconds = {bounds[i][0]: bounds[i + 1][1] - bounds[i][1] for i in range(len(bounds) - 1)}
         audio_seconds = prepared.report.totals.input_seconds
-        model_seconds = sum(stage_seconds.get(stage, 0.0) for stage in ("pitch", "features"))
+        model_seconds = sum(stage_seconds.get(stage, 0.0) for stage in MODEL_STAGES)
         return {
             "minutes": minutes,
             "assets": assets,
@@ -138,10 +140,19 @@ def run_one(
             "wall_seconds": end - t0,
             "stage_seconds": stage_seconds,
             "pitch_features_x_realtime": audio_seconds / model_seconds if model_seconds > 0 else None,
+            **{
+                f"{stage}_x_realtime": x_realtime(audio_seconds, stage_seconds.get(stage))
+                for stage in MODEL_STAGES
+            },
             "peak_rss_mb_parent": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "peak_rss_mb_workers": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
             "peak_gpu_mib": peak_gpu_mib(device),
         }
+
+
+def x_realtime(audio_seconds: float, work_seconds: float | None) -> float | None:
+    """Input audio per second of a stage's work (None: the stage did not run)."""
+    return audio_seconds / work_seconds if work_seconds else None
 
 
 def table(rows: list[dict]) -> str:
@@ -159,10 +170,11 @@ def table(rows: list[dict]) -> str:
             f"{r['audio_seconds'] / r['wall_seconds']:>11.0f} "
             f"{r['peak_rss_mb_parent']:>14.0f} / {r['peak_rss_mb_workers']:<12.0f}"
         )
-        if r["pitch_features_x_realtime"] is not None:
-            lines.append(
-                f"{r['minutes']:>7g} {'pitch+feat':<13} {'':>8} {r['pitch_features_x_realtime']:>11.0f}"
-            )
+        # The model stages' work rates, apart and together (the rows above hold the same per stage).
+        for label, key in (("pitch", "pitch"), ("features", "features"), ("pitch+feat", "pitch_features")):
+            rate = r.get(f"{key}_x_realtime")
+            if rate is not None:
+                lines.append(f"{r['minutes']:>7g} {label + ' work':<13} {'':>8} {rate:>11.1f}")
         if r["peak_gpu_mib"] is not None:
             lines.append(f"{r['minutes']:>7g} peak GPU memory {r['peak_gpu_mib']:.0f} MiB")
     return "\n".join(lines)
