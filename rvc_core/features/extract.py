@@ -8,8 +8,9 @@ trimmed back per item. A batch of unequal items runs with their lengths
 (`HubertModel.layer_output(..., lengths)`): the front end per item, the transformer batched with
 the padded frames zeroed and masked out of attention, so every item gets what it would get alone
 (what RVC computes), to float rounding. Items of one batch may differ by `pad_tolerance` (a
-fraction of the longest): the padded frames still cost transformer time, and batching pays on CPU
-too (measured: a batch of 8 segments ~1.8x faster than 8 single passes, 2 cores).
+fraction of the longest): the padded frames still cost transformer time. Batching is what fills a
+GPU; on CPU it gains little (measured ~5% on 2 cores: HuBERT is already bound by its matrix
+products there), so the CPU batch stays small (30 s) to keep memory flat.
 
 Precision: float32 on CPU; float16 autocast on CUDA (weights stay float32, norms run in float32).
 An item whose features are not finite is recomputed alone in float32; if it still is not,
