@@ -27,9 +27,9 @@ RECOMPILE_LIMIT = 64
 def compile_wins(device: str) -> bool:
     """The `compile=None` default: whether compiling pays off on `device`.
 
-    CPU: 88 % of the step is oneDNN convolutions (profiled), which inductor calls unchanged, and
-    compiling takes minutes there; until a measurement shows a gain, CPU stays eager. CUDA: not
-    measured yet (scripts/gpu_check.sh runs it), so it stays eager too. See docs/performance.md.
+    CPU: measured to lose (tiny preset: 3.5 steps/s compiled against 5.6-5.9 eager, after a 200 s
+    first step); 88 % of the full step is oneDNN convolutions, which inductor calls unchanged. CUDA:
+    not measured yet (scripts/gpu_check.sh runs it), so it stays eager too. See docs/performance.md.
     """
     return False
 
