@@ -76,7 +76,13 @@ def synthetic_dataset(device: str, items: int, seed: int = 0) -> Any:
 
 
 def run(
-    preset: str, batch_size: int, steps: int, warmup: int, device: str, compile_step: bool = False
+    preset: str,
+    batch_size: int,
+    steps: int,
+    warmup: int,
+    device: str,
+    compile_step: bool = False,
+    precision_name: str = "auto",
 ) -> dict[str, Any]:
     import torch
 
@@ -105,6 +111,10 @@ def run(
             data.collate(indices, length_multiple=LENGTH_MULTIPLE) if compile_step else data.collate(indices)
         )
 
+    # One argument unless asked: older checkouts in A/B runs take no precision.
+    precision = (
+        choose_precision(device, precision_name) if precision_name != "auto" else choose_precision(device)
+    )
     kernels = contextlib.ExitStack()
     onednn = True
     try:
@@ -112,8 +122,7 @@ def run(
     except ImportError:  # an older checkout in an A/B run: oneDNN everywhere, as it had
         pass
     else:  # the convolution kernels `train` picks for these networks
-        onednn = kernels.enter_context(convolution_kernels(device, d))
-    precision = choose_precision(device)
+        onednn = kernels.enter_context(convolution_kernels(device, d, precision.name))
     stepper = GuardedStepper(precision, device)
     data = synthetic_dataset(device, max(ITEMS, batch_size))
     spec = SPECTROGRAMS[SAMPLE_RATE]
@@ -188,13 +197,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--compile", action="store_true", help="torch.compile the networks first")
+    p.add_argument(
+        "--precision",
+        default="auto",
+        help="auto (as train: fp32 on CPU), fp32, bf16 or fp16, as train's option",
+    )
     p.add_argument("--json", action="store_true", help="also print the result as one JSON line")
     args = p.parse_args(argv)
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
-    result = run(args.preset, args.batch_size, args.steps, args.warmup, args.device, args.compile)
+    result = run(
+        args.preset, args.batch_size, args.steps, args.warmup, args.device, args.compile, args.precision
+    )
     width = max(len(k) for k in result)
     for key, value in result.items():
         shown = f"{value:.3f}" if isinstance(value, float) else str(value)

@@ -107,6 +107,7 @@ def train_config(spec: JobSpec, env: JobEnvironment, environ: Mapping[str, str])
         pretrained_d=d,
         tensorboard_dir=Path(env.tensorboard) if env.tensorboard else None,
         compile=env.compile,
+        precision=env.precision,
     )
 
 

@@ -83,6 +83,8 @@ class JobEnvironment:
     # torch.compile the networks: None = where it wins (`rvc_core.train.compiled.compile_wins`).
     # Not part of the job's identity: a run may resume compiled or not.
     compile: bool | None = None
+    # Autocast precision: "auto" (bf16/fp16 on a GPU, fp32 on CPU), "fp32", "bf16" or "fp16".
+    precision: str = "auto"
 
 
 @dataclass

@@ -182,3 +182,26 @@ def test_train_cli_compile_flag_reaches_the_training_config(
     assert seen[0].compile is expected
     config = train_config(JobSpec(model_name="v", preset="tiny"), seen[0], {"RVC_PRETRAINED": "none"})
     assert config.compile is expected
+
+
+def test_train_cli_precision_flag_reaches_the_training_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import rvc_core.job
+    from rvc_core.cli import main
+    from rvc_core.job_stages import train_config
+
+    seen: list[JobEnvironment] = []
+
+    def capture(*args: object, **_: object) -> None:
+        seen.append(args[4])  # type: ignore[arg-type]
+        raise SystemExit(0)
+
+    monkeypatch.setattr(rvc_core.job, "run_job", capture)
+    with pytest.raises(SystemExit):
+        main(["train", str(tmp_path / "v.zip"), "--out", str(tmp_path / "o"), "--precision", "bf16"], env={})
+    config = train_config(JobSpec(model_name="v", preset="tiny"), seen[0], {"RVC_PRETRAINED": "none"})
+    assert (seen[0].precision, config.precision) == ("bf16", "bf16")
+    with pytest.raises(SystemExit):  # argparse refuses what train cannot use
+        main(["train", str(tmp_path / "v.zip"), "--out", str(tmp_path / "o"), "--precision", "fp8"], env={})
+    assert len(seen) == 1

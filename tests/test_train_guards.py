@@ -259,3 +259,41 @@ def test_out_of_memory_in_validation_at_batch_size_one_fails_clearly(
     monkeypatch.setattr(Generator, "infer", always_out_of_memory)
     with pytest.raises(TrainingOutOfMemory, match="validation even at batch size 1"):
         train(workdir.root, dataclasses.replace(BASE, epochs=1), ckpt_dir=tmp_path, device="cpu")
+
+
+# --- precision on request -----------------------------------------------------------------------------
+def test_precision_is_chosen_where_the_device_runs_it_and_refused_elsewhere(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from rvc_core.errors import ConfigError
+    from rvc_core.train import precision as precision_module
+    from rvc_core.train.precision import choose_precision
+
+    assert choose_precision("cpu") == Precision("fp32", "cpu")
+    assert choose_precision("cpu", "fp32") == Precision("fp32", "cpu")
+    with pytest.raises(ConfigError, match="fp16 needs a CUDA GPU"):
+        choose_precision("cpu", "fp16")
+    with pytest.raises(ConfigError, match="must be one of"):
+        choose_precision("cpu", "fp8")
+    monkeypatch.setattr(precision_module, "cpu_has_native_bf16", lambda: False)
+    with pytest.raises(ConfigError, match="no native bf16"):
+        choose_precision("cpu", "bf16")
+    monkeypatch.setattr(precision_module, "cpu_has_native_bf16", lambda: True)
+    assert choose_precision("cpu", "bf16") == Precision("bf16", "cpu")
+
+
+@pytest.mark.skipif(
+    not __import__("rvc_core.train.precision", fromlist=["x"]).cpu_has_native_bf16(),
+    reason="this CPU has no native bf16",
+)
+def test_bf16_on_a_cpu_with_native_bf16_trains_with_finite_losses_and_fp32_weights(
+    workdir: FakeWorkDir, tmp_path: Path
+) -> None:
+    config = dataclasses.replace(BASE, precision="bf16", epochs=1)
+    assert config.training_hash() == BASE.training_hash()  # a run may resume in another precision
+    result = train(workdir.root, config, ckpt_dir=tmp_path, device="cpu")
+    assert result.status == "finished" and result.skipped_steps == 0
+    assert all(math.isfinite(v) for v in result.history[-1].losses.values())
+    final = torch.load(tmp_path / CHECKPOINT_NAME, weights_only=True)["generator"]
+    assert all(t.dtype == torch.float32 for t in final.values() if t.is_floating_point())
+    assert torch.backends.mkldnn.enabled  # bf16 keeps oneDNN's kernels, and the switch is restored

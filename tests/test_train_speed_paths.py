@@ -169,6 +169,7 @@ def test_the_cpu_picks_onednn_for_full_width_discriminators_only() -> None:
     assert use_onednn("cpu", build_discriminator("v2", preset="full")) is True
     assert use_onednn("cpu", build_discriminator("v2", preset="tiny")) is False
     assert use_onednn("cuda", build_discriminator("v2", preset="tiny")) is True
+    assert use_onednn("cpu", build_discriminator("v2", preset="tiny"), "bf16") is True  # fast only there
 
 
 def test_the_step_computes_the_same_losses_with_either_convolution_kernels() -> None:

@@ -40,17 +40,20 @@ def widest_convolution(*networks: nn.Module) -> int:
     return max(widths, default=0)
 
 
-def use_onednn(device: str, discriminator: nn.Module) -> bool:
-    """Whether the step on `device` should run oneDNN's convolutions (only CPU ever says no)."""
-    return not device.startswith("cpu") or widest_convolution(discriminator) >= ONEDNN_MIN_CHANNELS
+def use_onednn(device: str, discriminator: nn.Module, precision: str = "fp32") -> bool:
+    """Whether the step on `device` should run oneDNN's convolutions (only CPU in fp32 ever says no:
+    bf16 convolutions are fast only in oneDNN)."""
+    if not device.startswith("cpu") or precision != "fp32":
+        return True
+    return widest_convolution(discriminator) >= ONEDNN_MIN_CHANNELS
 
 
 @contextmanager
-def convolution_kernels(device: str, discriminator: nn.Module) -> Iterator[bool]:
+def convolution_kernels(device: str, discriminator: nn.Module, precision: str = "fp32") -> Iterator[bool]:
     """Runs the block with the kernels `use_onednn` picks for this model; yields the choice."""
     import torch
 
-    wanted = use_onednn(device, discriminator)
+    wanted = use_onednn(device, discriminator, precision)
     before = torch.backends.mkldnn.enabled
     torch.backends.mkldnn.enabled = before and wanted
     try:

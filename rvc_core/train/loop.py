@@ -100,7 +100,7 @@ def train(
     torch.use_deterministic_algorithms(config.deterministic, warn_only=True)
     try:
         run = _Run(Path(workdir), config, Path(ckpt_dir), device, progress)
-        with convolution_kernels(device, run.trainee.discriminator):
+        with convolution_kernels(device, run.trainee.discriminator, run.precision.name):
             return run.run(deadline=deadline, should_stop=should_stop)
     finally:
         torch.use_deterministic_algorithms(was_deterministic, warn_only=True)
@@ -159,7 +159,7 @@ class _Run:
         if self.compiled:
             compile_trainee(self.trainee)
         self._length_multiple = LENGTH_MULTIPLE if self.compiled else 1
-        self.precision: Precision = choose_precision(device)
+        self.precision: Precision = choose_precision(device, config.precision)
         self.stepper: GuardedStepper = GuardedStepper(self.precision, device)
         self.best_weights: dict[str, torch.Tensor] | None = None
         self.state = _RunState()
