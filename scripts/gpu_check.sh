@@ -239,6 +239,9 @@ for r in rows or []:
     x = r.get("pitch_features_x_realtime")
     goal = "" if x is None else f">= 300x: {'met' if x >= GOAL_X_REALTIME else 'MISSED'}"
     row(f"prepare {r['minutes']:g} min: rmvpe+HuBERT x RT", "n/a" if x is None else f"{x:.0f}", goal)
+    for key, label in (("pitch_x_realtime", "rmvpe"), ("features_x_realtime", "HuBERT")):
+        if r.get(key) is not None:
+            row(f"  {label} alone x RT", f"{r[key]:.0f}")
     for stage, seconds in r["stage_seconds"].items():
         row(f"  {stage} seconds", f"{seconds:.2f}")
     if r.get("peak_gpu_mib") is not None:
