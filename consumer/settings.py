@@ -14,9 +14,9 @@ from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
 from consumer.errors import SettingsError
+from rvc_core.jobspec import COMPILE_CHOICES
 
 PRESETS: tuple[str, ...] = ("full", "tiny")
-COMPILE_CHOICES: tuple[str, ...] = ("auto", "on", "off")  # rvc_core.jobspec.COMPILE_CHOICES' keys
 MESSAGING_KINDS: tuple[str, ...] = ("pubsub", "local")
 ROLES: tuple[str, ...] = ("all", "api", "worker")
 MAX_DISPATCH_DEADLINE_SECONDS = 1800  # Cloud Tasks' ceiling for an HTTP task
@@ -409,7 +409,7 @@ PARSERS: dict[str, Callable[[str], Any]] = {
     "max_consecutive_failures": _integer(1, 100),
     "progress_every_epochs": _integer(1, 10_000),
     "train_preset": _choice(PRESETS),
-    "train_compile": _choice(COMPILE_CHOICES),
+    "train_compile": _choice(tuple(COMPILE_CHOICES)),
     "messaging": _choice(MESSAGING_KINDS),
     "device": _choice(DEVICES),
     "port": _integer(1, 65535),

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
-from rvc_core.atomic import atomic_path
+from rvc_core.atomic import atomic_file
 from rvc_core.errors import NoAudio, NotAZip, ZipBomb, ZipCorrupt, ZipEncrypted, ZipUnsafe, ZipUnsupported
 
 AUDIO_EXTENSIONS: frozenset[str] = frozenset(
@@ -456,7 +456,7 @@ def _extract_entry(
     overreach = copy.copy(info)
     overreach.file_size = info.file_size + 2 * CHUNK_BYTES
     written = 0
-    with atomic_path(target) as tmp, open(tmp, "wb") as out:
+    with atomic_file(target) as out:
         with _open_member(archive, overreach, shown) as member:
             while chunk := _read_chunk(member, shown):
                 written += len(chunk)

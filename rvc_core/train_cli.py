@@ -10,6 +10,7 @@ from pathlib import Path
 
 from rvc_core.cli_options import EXIT_REJECTED, add_dataset_options, resolve_device
 from rvc_core.errors import ConfigError, RvcError
+from rvc_core.jobspec import COMPILE_CHOICES
 from rvc_core.spec import PRESETS
 from rvc_core.train.config import EXPORT_CHOICES
 from rvc_core.train.precision import PRECISION_CHOICES
@@ -34,7 +35,7 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--author", default=None, help="shown in Applio's model info")
     p.add_argument(
         "--compile",
-        choices=("auto", "on", "off"),  # rvc_core.jobspec.COMPILE_CHOICES
+        choices=tuple(COMPILE_CHOICES),
         default="auto",
         help="torch.compile the networks (first step slower, then faster where it wins); "
         "auto = where it wins, see docs/performance.md",
@@ -50,7 +51,7 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
 
 def cmd_train(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     from rvc_core.job import run_job
-    from rvc_core.jobspec import COMPILE_CHOICES, JobEnvironment, JobSpec
+    from rvc_core.jobspec import JobEnvironment, JobSpec
     from rvc_core.names import sanitise_model_name
 
     work = args.work or args.out / "work"

@@ -350,7 +350,9 @@ def test_random_full_v1_encoder_reads_layer_9_through_final_proj() -> None:
 def test_encoder_emitting_nan_raises_non_finite_features(monkeypatch: pytest.MonkeyPatch) -> None:
     encoder = load_content_encoder("v2", assets=AssetStore(None))
     real = encoder.model.layer_output
-    monkeypatch.setattr(encoder.model, "layer_output", lambda x, layer: real(x, layer) * float("nan"))
+    monkeypatch.setattr(
+        encoder.model, "layer_output", lambda x, layer, lengths=None: real(x, layer, lengths) * float("nan")
+    )
     with pytest.raises(NonFiniteFeatures) as caught:
         encoder.extract([voice(0.5)])
     assert caught.value.code == "non_finite_features"
@@ -363,9 +365,9 @@ def test_nan_in_a_batch_is_recomputed_alone(monkeypatch: pytest.MonkeyPatch) -> 
     real = encoder.model.layer_output
     calls = []
 
-    def nan_on_first_call(x: torch.Tensor, layer: int) -> torch.Tensor:
+    def nan_on_first_call(x: torch.Tensor, layer: int, lengths: list[int] | None = None) -> torch.Tensor:
         calls.append(x.shape)
-        out = real(x, layer)
+        out = real(x, layer, lengths)
         return out * float("nan") if len(calls) == 1 else out
 
     monkeypatch.setattr(encoder.model, "layer_output", nan_on_first_call)

@@ -156,11 +156,7 @@ class ContentEncoder:
 
         autocast = torch.autocast("cuda", dtype=torch.float16) if half else contextlib.nullcontext()
         with torch.inference_mode(), autocast:
-            x = waveforms.to(self.device)
-            if lengths is None:
-                hidden = self.model.layer_output(x, self.output_layer)
-            else:
-                hidden = self.model.layer_output(x, self.output_layer, lengths)
+            hidden = self.model.layer_output(waveforms.to(self.device), self.output_layer, lengths)
             if self.version == "v1":
                 hidden = self.model.project(hidden)
         return hidden.float().cpu().numpy()

@@ -34,7 +34,7 @@ from urllib.parse import quote, unquote, urlsplit
 
 from consumer.adapters.storage import ObjectInfo
 from consumer.errors import NotFound, PreconditionFailed
-from rvc_core.atomic import atomic_path, default_file_mode
+from rvc_core.atomic import atomic_file, default_file_mode
 
 RESERVED_PREFIX = ".objstore-"
 LOCK_DIR_NAME = "rvc-objstore-locks"
@@ -273,7 +273,7 @@ class LocalStore:
             raise NotFound(f"{uri} does not exist") from exc
         with src:
             info = self._info(src_path, os.fstat(src.fileno()))
-            with atomic_path(path) as tmp, open(tmp, "wb") as dst:
+            with atomic_file(path) as dst:
                 shutil.copyfileobj(src, dst, 1 << 20)
         return info
 
