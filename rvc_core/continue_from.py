@@ -24,8 +24,6 @@ from typing import Any
 
 from rvc_core.atomic import atomic_path
 
-PAIR_KEYS = ("G", "D")  # artifact keys of the pair
-
 
 @dataclass(frozen=True)
 class CheckpointPair:
@@ -87,24 +85,5 @@ def write_checkpoint_pair(checkpoint: Path, outdir: Path, *, learning_rate: floa
             state[model_key], optim, epoch=epoch, learning_rate=_initial_lr(optim, learning_rate)
         )
         with atomic_path(target) as tmp:
-            torch.save(payload, tmp)
-    return CheckpointPair(outdir / g_name, outdir / d_name, step, epoch)
-
-
-def checkpoint_pair_of(
-    generator: Any, discriminator: Any, optim_g: Any, optim_d: Any, outdir: Path, *, step: int, epoch: int
-) -> CheckpointPair:
-    """The pair from live modules and optimisers (tests; tools that train without `latest.pt`)."""
-    import torch
-
-    outdir = Path(outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
-    g_name, d_name = pair_names(step)
-    for name, model, optim in ((g_name, generator, optim_g), (d_name, discriminator, optim_d)):
-        optim_state = optim.state_dict()
-        payload = rvc_checkpoint(
-            model.state_dict(), optim_state, epoch=epoch, learning_rate=_initial_lr(optim_state, 1e-4)
-        )
-        with atomic_path(outdir / name) as tmp:
             torch.save(payload, tmp)
     return CheckpointPair(outdir / g_name, outdir / d_name, step, epoch)

@@ -56,7 +56,8 @@ def planned_list_count(frames: int) -> int:
     return ivf_list_count(KMEANS_CENTROIDS if frames > KMEANS_THRESHOLD else frames)
 
 
-def index_file_name(model_name: str, version: str, n_lists: int) -> str:
+def index_file_name(model_name: str, version: str, n_lists: int | str) -> str:
+    """The index file's name; `n_lists="*"` gives the glob of every size."""
     # Never "trained" in the name: RVC WebUI and Applio both filter such files out.
     return f"added_IVF{n_lists}_Flat_nprobe_1_{model_name}_{version}.index"
 

@@ -9,6 +9,7 @@ outputs into `outdir`, which the service empties between slices. A finished trai
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -240,7 +241,7 @@ def finish_job(
 ) -> JobProgress:
     """Index, export, preview, report, zip: the outputs users receive, built in `WORKDIR/finish/`
     unit by unit within `budget`, then copied to `outdir`."""
-    from rvc_core.index import build_index, stack_features
+    from rvc_core.index import build_index, index_file_name, stack_features
 
     budget = budget or Budget()
     wd = prepared.workdir
@@ -250,7 +251,7 @@ def finish_job(
     dataset_seconds = prepared.report.totals.usable_seconds
 
     def index_body() -> dict[str, Any]:
-        for stale in out.glob(f"added_IVF*_Flat_nprobe_1_{spec.model_name}_{spec.version}.index"):
+        for stale in out.glob(index_file_name(spec.model_name, spec.version, "*")):
             stale.unlink()  # a rerun may choose another n; keep exactly one index
         sizes = sum((wd.features_dir / f"{sid}.npy").stat().st_size for sid in segment_ids) / 2**20
         budget.check("index", budget.estimate("stack_features", sizes))
@@ -284,10 +285,12 @@ def finish_job(
     index_path = out / index["file"]
     exported_epoch = trained.best_epoch if spec.export == "best" and trained.best_epoch else trained.epoch
 
+    # Export and preview use the same trained generator: load it once (when the first of them runs).
+    trained_generator = functools.cache(lambda: load_trained_generator(spec, trained))
+
     def export_body() -> dict[str, Any]:
-        generator = load_trained_generator(spec, trained)
         pth = export_model(
-            generator,
+            trained_generator(),
             out / f"{spec.model_name}.pth",
             spec,
             exported_epoch,
@@ -304,8 +307,9 @@ def finish_job(
     preview_id = pick_preview_segment(segment_ids, spec)
 
     def preview_body() -> dict[str, Any]:
-        generator = load_trained_generator(spec, trained)
-        path = write_preview(generator, wd, preview_id, index_path, out / "preview.wav", spec, env.device)
+        path = write_preview(
+            trained_generator(), wd, preview_id, index_path, out / "preview.wav", spec, env.device
+        )
         return {"file": path.name, "segment": preview_id}
 
     preview = _unit(
@@ -345,7 +349,7 @@ def finish_job(
         pair = write_checkpoint_pair(trained.checkpoint, out)
     with budget.timed("deliver"):
         outdir.mkdir(parents=True, exist_ok=True)
-        for stale in outdir.glob(f"added_IVF*_Flat_nprobe_1_{spec.model_name}_{spec.version}.index"):
+        for stale in outdir.glob(index_file_name(spec.model_name, spec.version, "*")):
             if stale.name != index_path.name:
                 stale.unlink()
         names = {

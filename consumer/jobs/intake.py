@@ -276,7 +276,9 @@ class Intake:
             if verdict == "busy":
                 return None
         if due == "accepted":
-            self.records.claim_newest(record.model_name, record.job_id, record.source.generation)
+            self.records.claim_newest(
+                record.model_name, record.job_id, record.source.generation, record.created_at
+            )
             self.line.enter(record)  # before the task: its first slice takes the job out of the line
             self.results.publish(due, record)
             position = self.line.position(record)

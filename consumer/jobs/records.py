@@ -179,10 +179,14 @@ class JobRecords:
             return None
         return json.loads(data)
 
-    def claim_newest(self, model_name: str, job_id: str, generation: int) -> bool:
-        """Makes `job_id` the model's newest upload unless a newer one already is (`is_newer`)."""
+    def claim_newest(
+        self, model_name: str, job_id: str, generation: int, created_at: str | None = None
+    ) -> bool:
+        """Makes `job_id` the model's newest upload unless a newer one already is (`is_newer`).
+        `created_at`: the job record's, when the caller holds it (else it is read)."""
         uri = self.newest_uri(model_name)
-        mine = {"job_id": job_id, "generation": generation, "created_at": self._created_at(job_id)}
+        stamp = created_at if created_at is not None else self._created_at(job_id)
+        mine = {"job_id": job_id, "generation": generation, "created_at": stamp}
         payload = json.dumps(mine).encode()
         for _ in range(CAS_ATTEMPTS):
             try:
