@@ -1,10 +1,11 @@
 """Which CPU convolution kernels the training step runs: oneDNN's or ATen's own.
 
 oneDNN reorders every input, output and weight into its blocked layouts on each call. For RVC's
-widths (up to 1024 channels) its kernels repay that many times over: without it the full v2 40k step
-at batch 4 takes 1.6x as long. For narrow networks the reorders and per-call set-up are most of the
-work, and ATen's im2col + GEMM convolutions are faster: the tiny preset (16-channel discriminators) runs
-about 1.5x as many steps per second without oneDNN (docs/performance.md has the numbers).
+widths (up to 1024 channels) its kernels repay that: without it one full v2 40k step's convolutions
+take 1.4x as long. For narrow networks the reorders and per-call set-up are most of the work, and
+ATen's im2col + GEMM convolutions are faster: the tiny preset (16-channel discriminators) runs
+about 1.5x as many steps per second without oneDNN (`bench/conv_kernels.py`, `bench/train.py`;
+docs/performance.md has the numbers).
 
 The switch is process-wide and read both when a convolution runs forward and when its backward
 runs, so it must hold around the whole step; `train` sets it for the run and restores it after.
