@@ -43,7 +43,7 @@ def run_job(
     workdir = Path(workdir)
     budget = Budget(deadline=deadline, should_stop=should_stop, rates_path=workdir / RATES_FILE)
     started = monotonic()
-    prepared = None
+    prepared = trained = None
     try:
         assets = AssetStore.from_option(env.assets, environ)
         prepared = prepare_stage(dataset_zip, workdir, spec, env, assets, emit, budget)
@@ -66,6 +66,9 @@ def run_job(
         return JobProgress(
             status="paused",
             stage=pause.stage,
+            # After training, the later stages' pauses still report the trained epoch: the job's
+            # progress must not fall back to epoch 0 while it indexes and exports.
+            epoch=trained.epoch if trained is not None else 0,
             epochs=spec.epochs,
             # Outside training `step` counts the stage's finished units (files, segments,
             # k-means iterations), so a slice that moved is told from one that did not.

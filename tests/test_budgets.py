@@ -124,7 +124,7 @@ def test_a_job_in_tiny_slices_stays_within_budget_and_finishes_like_one_call(tmp
     whole = run_job(zip_path, tmp_path / "w1", tmp_path / "o1", spec, env)
     assert whole.status == "finished"
 
-    budget, calls, last = 0.5, [], None
+    budget, calls, last, epoch = 0.5, [], None, 0
     for _ in range(60):
         started = time.monotonic()
         result = run_job(zip_path, tmp_path / "w2", tmp_path / "o2", spec, env, deadline=started + budget)
@@ -136,12 +136,15 @@ def test_a_job_in_tiny_slices_stays_within_budget_and_finishes_like_one_call(tmp
         if result.status == "finished":
             break
         assert result.stage in STAGES
+        assert result.epoch >= epoch, f"progress went back to epoch {result.epoch}: {calls}"
+        epoch = result.epoch
         position = _position(tmp_path / "w2", result)
         assert position != last, f"a call moved nothing: {calls}"  # progress persisted every call
         last = position
     else:
         pytest.fail(f"never finished: {calls}")
     assert len(calls) > 3
+    assert epoch == 2  # the paused calls after training (index, export, …) still say epoch 2
 
     import torch
 
