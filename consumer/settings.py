@@ -15,6 +15,7 @@ from typing import Any
 
 from consumer.errors import SettingsError
 from rvc_core.jobspec import COMPILE_CHOICES
+from rvc_core.scratch_need import max_audio_minutes
 
 PRESETS: tuple[str, ...] = ("full", "tiny")
 MESSAGING_KINDS: tuple[str, ...] = ("pubsub", "local")
@@ -120,6 +121,13 @@ class Settings:
         "in RAM on Cloud Run), 2 GiB on 16 GiB",
         0,
     )
+    max_audio_minutes: float = env_field(
+        "MAX_AUDIO_MINUTES",
+        "longest dataset prepared, minutes of decoded audio (a longer one fails as too_much_audio before "
+        "any work); default: what the instance memory holds as scratch beside the process, about 115 "
+        "on 16 GiB with the full preset (docs/workdir.md)",
+        0.0,
+    )
     push_service_account: str = env_field(
         "PUSH_SERVICE_ACCOUNT",
         "service account whose OIDC token /events pushes carry (Pub/Sub, Eventarc)",
@@ -186,6 +194,8 @@ class Settings:
         # --- trust boundary (issue 9)
         if self.max_dataset_bytes == 0:
             object.__setattr__(self, "max_dataset_bytes", default_max_dataset_bytes())
+        if self.max_audio_minutes == 0:
+            object.__setattr__(self, "max_audio_minutes", default_max_audio_minutes(self.train_preset))
         if self.require_push_identity:
             missing = [
                 name
@@ -258,6 +268,7 @@ LOCAL_INBOX_BUCKET = "inbox"  # with file:// state, the inbox is the sibling fol
 # memory on Cloud Run, beside the process itself; the decoded audio alone is a few times the zip.
 DATASET_SHARE_OF_MEMORY = 8  # 16 GiB instance → 2 GiB datasets
 DATASET_BYTES_FALLBACK = 2 * 1024**3
+AUDIO_MEMORY_FALLBACK = 16 * 1024**3  # Cloud Run's smallest GPU instance, when no limit can be read
 
 
 def instance_memory_bytes() -> int | None:
@@ -279,6 +290,10 @@ def instance_memory_bytes() -> int | None:
 def default_max_dataset_bytes() -> int:
     memory = instance_memory_bytes()
     return memory // DATASET_SHARE_OF_MEMORY if memory else DATASET_BYTES_FALLBACK
+
+
+def default_max_audio_minutes(preset: str) -> float:
+    return max_audio_minutes(instance_memory_bytes() or AUDIO_MEMORY_FALLBACK, preset)
 
 
 def _bucket_list(raw: str) -> tuple[str, ...]:
@@ -419,5 +434,6 @@ PARSERS: dict[str, Callable[[str], Any]] = {
     "train_dataset_buckets": _bucket_list,
     "train_output_buckets": _bucket_list,
     "max_dataset_bytes": _integer(1024, 1 << 50),
+    "max_audio_minutes": _number(0, 1_000_000),
     "require_push_identity": _flag,
 }

@@ -69,6 +69,32 @@ def probe_and_decode(path: Path) -> DecodedAudio:
     return _require_samples(_decode_with_ffmpeg(path, soundfile_error), path)
 
 
+def probe_seconds(path: Path) -> float | None:
+    """The file's duration in seconds from its header, without decoding it; None when unknown
+    (an unreadable file, or a stream that does not state its length). MP3s without a VBR header
+    are estimated from their bitrate by ffprobe, so the figure is a guide, not a bound."""
+    path = Path(path)
+    if path.suffix.lower() not in FFMPEG_FIRST_EXTENSIONS:
+        try:
+            info = sf.info(path)
+        except (sf.LibsndfileError, RuntimeError):
+            pass
+        else:
+            # libsndfile states an unknown length as a huge frame count.
+            if 0 < info.frames < 1 << 62 and info.samplerate > 0:
+                return info.frames / info.samplerate
+    ffprobe = shutil.which("ffprobe")
+    if ffprobe is None:
+        return None
+    command = [ffprobe, "-v", "error", "-show_entries", "format=duration", "-of", "json", str(path.resolve())]
+    try:
+        result = _run(command, _ffmpeg_timeout(path), path)
+        seconds = float(json.loads(result.stdout.decode("utf-8", "replace"))["format"]["duration"])
+    except (UndecodableAudio, ValueError, KeyError, TypeError):
+        return None
+    return seconds if 0 < seconds < float("inf") else None
+
+
 def write_wav_float32(path: Path, samples: np.ndarray, sample_rate: int) -> None:
     """Atomically writes mono samples (1-D, or 2-D with one channel) as a float32 WAV."""
     mono = np.asarray(samples, dtype=np.float32)

@@ -58,6 +58,12 @@ class TooLittleAudio(BadDataset):
     code = "too_little_audio"
 
 
+class TooMuchAudio(BadDataset):
+    """More decoded audio than the job's scratch space can hold once prepared."""
+
+    code = "too_much_audio"
+
+
 # --- configuration and environment ----------------------------------------------------------------
 class ConfigError(RvcError):
     code = "invalid_config"

@@ -60,6 +60,7 @@ def prepare_stage(
         workers=env.workers,
         progress=emit,
         budget=budget,
+        max_audio_seconds=env.max_audio_seconds,
     )
 
 

@@ -85,6 +85,8 @@ class JobEnvironment:
     compile: bool | None = None
     # Autocast precision: "auto" (bf16/fp16 on a GPU, fp32 on CPU), "fp32", "bf16" or "fp16".
     precision: str = "auto"
+    # The longest dataset to prepare, in seconds of audio (the job's scratch budget); None: any.
+    max_audio_seconds: float | None = None
 
 
 @dataclass

@@ -29,6 +29,7 @@ from rvc_core.errors import BadDataset, ConfigMismatch, NoAudio, RvcError, TooLi
 from rvc_core.intake import ExtractedDataset, SourceFile, extract_dataset
 from rvc_core.layout import STAGES, WorkDir
 from rvc_core.preprocess import FileStats, Segment, preprocess_all
+from rvc_core.preprocess.length import check_decoded_length, check_probed_length
 from rvc_core.preprocess.records import REJECT_UNDECODABLE, reason_code
 from rvc_core.progress import ProgressCallback, ProgressEvent, progress_bar
 from rvc_core.report import MIN_USABLE_SECONDS, DatasetReport, build_report, report_from_json
@@ -201,20 +202,22 @@ def run_prepare(
     progress: ProgressCallback | None = None,
     until: str = "features",
     budget: Budget | None = None,
+    max_audio_seconds: float | None = None,
 ) -> PreparedDataset:
     """Runs every preparation stage that is not done yet, up to and including `until` (benchmarks
     stop early). Raises `RvcError` on a rejected dataset, after writing `report.json`; raises
     `Paused` when `budget` runs out (preprocessing keeps its finished files, pitch and features
-    their finished segments, so the next call continues)."""
+    their finished segments, so the next call continues). With `max_audio_seconds`, a longer
+    dataset is refused as `too_much_audio` before any segment is written (`preprocess.length`)."""
     wd = WorkDir(Path(workdir))
     bind_workdir(wd, config)
     emit = progress or (lambda _e: None)
     budget = budget or Budget()
     try:
         with budget.timed("extract"):
-            extracted = _stage_extract(Path(dataset_zip), wd, emit, budget)
+            extracted = _stage_extract(Path(dataset_zip), wd, emit, budget, max_audio_seconds)
         with budget.timed("preprocess"):
-            stats = _stage_preprocess(extracted, wd, config, workers, emit, budget)
+            stats = _stage_preprocess(extracted, wd, config, workers, emit, budget, max_audio_seconds)
         report = build_report(extracted, stats)
         report.config = config.as_dict()
         write_json(wd.report, report.to_json())
@@ -253,7 +256,7 @@ def load_segments(wd: WorkDir) -> list[FileStats]:
 
 # --- stages ----------------------------------------------------------------------------------------
 def _stage_extract(
-    dataset_zip: Path, wd: WorkDir, emit: ProgressCallback, budget: Budget
+    dataset_zip: Path, wd: WorkDir, emit: ProgressCallback, budget: Budget, max_seconds: float | None
 ) -> ExtractedDataset:
     if wd.is_done("extract"):
         return ExtractedDataset.from_json(json.loads(wd.extract_listing.read_text()), base=wd.extract_dir)
@@ -262,10 +265,15 @@ def _stage_extract(
     emit(ProgressEvent(stage="extract", message=f"reading {dataset_zip.name}"))
     with atomic_dir(wd.extract_dir) as tmp:
         extracted = extract_dataset(dataset_zip, tmp)
+        # Inside the temporary folder: a dataset refused for its length leaves no extracted copy.
+        probed = check_probed_length([f.path for f in extracted.files], max_seconds)
         # Paths relative to the extract folder, so the work dir can move between machines.
         listing = extracted.to_json(relative_to=tmp)
     write_json(wd.extract_listing, listing)
-    write_json(wd.stage_marker("extract"), {"files": len(extracted.files), "ignored": len(extracted.ignored)})
+    marker = {"files": len(extracted.files), "ignored": len(extracted.ignored)}
+    if max_seconds is not None:
+        marker["probed_seconds"] = round(probed, 3)
+    write_json(wd.stage_marker("extract"), marker)
     budget.record("extract", monotonic() - started, 0)
     return ExtractedDataset.from_json(listing, base=wd.extract_dir)
 
@@ -282,6 +290,7 @@ def _stage_preprocess(
     workers: int | None,
     emit: ProgressCallback,
     budget: Budget | None = None,
+    max_seconds: float | None = None,
 ) -> list[FileStats]:
     """Preprocesses the files not done yet. Unbudgeted: all in one pool. Budgeted: in chunks sized
     to the time left (a file cannot stop midway), each chunk's results kept in
@@ -319,6 +328,7 @@ def _stage_preprocess(
             )
             elapsed = monotonic() - started
             done.update({source.id: st for source, st in zip(chunk, stats, strict=True)})
+            check_decoded_length((st.seconds for st in done.values()), max_seconds)
             todo = todo[len(chunk) :]
             if todo:
                 write_json(partial_path, {"files": {k: v.to_json() for k, v in done.items()}})

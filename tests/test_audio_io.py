@@ -10,7 +10,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from rvc_core.audio_io import DecodedAudio, probe_and_decode, read_wav_float32, write_wav_float32
+from rvc_core.audio_io import (
+    DecodedAudio,
+    probe_and_decode,
+    probe_seconds,
+    read_wav_float32,
+    write_wav_float32,
+)
 from rvc_core.errors import UndecodableAudio
 from tests.factories_intake import FFMPEG_MISSING, FFMPEG_MISSING_REASON, encode_with_ffmpeg, voice_samples
 
@@ -216,3 +222,33 @@ def test_importing_the_modules_loads_no_heavy_library() -> None:
     )
 
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+# --- the length from the header, before decoding (the dataset's length limit) ---------------------
+@pytest.mark.parametrize(
+    ("name", "fmt", "subtype"),
+    [("clip.wav", "WAV", "PCM_16"), ("clip.flac", "FLAC", "PCM_24"), ("clip.ogg", "OGG", "VORBIS")],
+)
+def test_probe_reads_the_length_without_decoding(tmp_path: Path, name: str, fmt: str, subtype: str) -> None:
+    samples = write_clip(tmp_path / name, 22050, 2, fmt=fmt, subtype=subtype)
+
+    assert probe_seconds(tmp_path / name) == pytest.approx(len(samples) / 22050, abs=0.01)
+
+
+@needs_ffmpeg
+@pytest.mark.parametrize(
+    ("name", "codec"),
+    [("clip.mp3", ["-c:a", "libmp3lame", "-b:a", "128k"]), ("clip.m4a", ["-c:a", "aac"])],
+)
+def test_probe_reads_a_compressed_file_through_ffprobe(tmp_path: Path, name: str, codec: list[str]) -> None:
+    path = lossy_clip(tmp_path, name, 44100, 1, codec)
+
+    # Encoders pad a few milliseconds; the decoder's own length is the reference.
+    assert probe_seconds(path) == pytest.approx(probe_and_decode(path).seconds, abs=0.06)
+
+
+@pytest.mark.parametrize("name", ["noise.wav", "noise.mp3"])
+def test_probe_of_a_file_that_is_not_audio_is_unknown(tmp_path: Path, name: str) -> None:
+    (tmp_path / name).write_bytes(b"these bytes are not audio " * 40)
+
+    assert probe_seconds(tmp_path / name) is None

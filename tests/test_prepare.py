@@ -12,7 +12,7 @@ import pytest
 
 from rvc_core.assets import AssetStore
 from rvc_core.config import PrepareConfig
-from rvc_core.errors import ConfigMismatch, TooLittleAudio
+from rvc_core.errors import ConfigMismatch, TooLittleAudio, TooMuchAudio
 from rvc_core.layout import WorkDir
 from rvc_core.prepare import run_prepare
 from rvc_core.testing import DatasetFile, DatasetSpec, build_dataset_zip, simple_dataset_zip
@@ -148,6 +148,47 @@ def test_dataset_under_ten_seconds_is_rejected_with_report(tmp_path: Path) -> No
     with pytest.raises(TooLittleAudio):
         run_prepare(zip_path, tmp_path / "work", FAST, assets=RANDOM_ASSETS, workers=1)
     assert WorkDir(tmp_path / "work").report.exists()
+
+
+# --- the longest dataset a job may prepare (its scratch budget) -----------------------------------
+def test_dataset_longer_than_the_limit_is_refused_before_any_segment(tmp_path: Path) -> None:
+    zip_path = simple_dataset_zip(tmp_path / "v.zip", files=3, seconds=6.0)  # 18 s
+    work = WorkDir(tmp_path / "work")
+
+    with pytest.raises(TooMuchAudio) as refused:
+        run_prepare(zip_path, work.root, FAST, assets=RANDOM_ASSETS, workers=1, max_audio_seconds=12.0)
+
+    assert refused.value.code == "too_much_audio"
+    assert "3 audio file(s) hold 0.3 minutes" in refused.value.message
+    assert "at most 0.2 minutes" in refused.value.message
+    report = json.loads(work.report.read_text())
+    assert report["status"] == "rejected" and report["error"]["code"] == "too_much_audio"
+    # Nothing was prepared, and the extracted copy is gone with the refusal.
+    assert not work.extract_dir.exists() and not work.wav_dir.exists()
+
+
+def test_dataset_within_the_limit_is_prepared(tmp_path: Path) -> None:
+    zip_path = simple_dataset_zip(tmp_path / "v.zip", files=3, seconds=6.0)
+
+    prepared = run_prepare(
+        zip_path, tmp_path / "work", FAST, assets=RANDOM_ASSETS, workers=1, until="preprocess",
+        max_audio_seconds=18.5,
+    )  # fmt: skip
+
+    assert prepared.report.totals.input_seconds == pytest.approx(18.0)
+
+
+def test_a_header_that_understates_the_length_is_caught_while_decoding(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    zip_path = simple_dataset_zip(tmp_path / "v.zip", files=3, seconds=6.0)
+    monkeypatch.setattr("rvc_core.preprocess.length.probe_seconds", lambda _path: 1.0)
+    work = WorkDir(tmp_path / "work")
+
+    with pytest.raises(TooMuchAudio, match=r"decode to 0\.3 minutes"):
+        run_prepare(zip_path, work.root, FAST, assets=RANDOM_ASSETS, workers=1, max_audio_seconds=12.0)
+
+    assert json.loads(work.report.read_text())["error"]["code"] == "too_much_audio"
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

@@ -7,6 +7,8 @@ import os
 import time
 from pathlib import Path
 
+import pytest
+
 from consumer.settings import Settings
 from consumer.work.scratch import ScratchSpace, default_budget, folder_bytes, memory_limit_bytes
 from rvc_core.testing import simple_dataset_zip
@@ -67,3 +69,24 @@ def test_a_slice_evicts_other_jobs_scratch_on_a_small_budget(tmp_path: Path) -> 
     job_id = accept_only(stack, dataset, {"epochs": "3"})
     assert post_token(stack, job_id, 0).get_json()["outcome"] == "advanced"
     assert [p.name for p in scratch.iterdir()] == [job_id]
+
+
+# --- the longest dataset an instance's memory can prepare (MAX_AUDIO_MINUTES' default) -------------
+def test_longest_dataset_follows_the_memory_and_the_preset() -> None:
+    from rvc_core.scratch_need import MIN_AUDIO_MINUTES, max_audio_minutes
+
+    gib = 1024**3
+    # docs/workdir.md: about 2 hours on Cloud Run's 16 GiB L4, about 6 on 32 GiB.
+    assert 100 < max_audio_minutes(16 * gib, "full") < 130
+    assert 350 < max_audio_minutes(32 * gib, "full") < 400
+    assert max_audio_minutes(16 * gib, "tiny") > max_audio_minutes(16 * gib, "full")
+    assert max_audio_minutes(4 * gib, "full") == MIN_AUDIO_MINUTES
+
+
+def test_default_limit_is_read_from_the_instance_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    from consumer import settings
+
+    monkeypatch.setattr(settings, "instance_memory_bytes", lambda: 32 * 1024**3)
+    roomy = settings.default_max_audio_minutes("full")
+    monkeypatch.setattr(settings, "instance_memory_bytes", lambda: 16 * 1024**3)
+    assert settings.default_max_audio_minutes("full") < roomy

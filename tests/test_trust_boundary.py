@@ -274,6 +274,21 @@ def test_an_upload_over_the_limit_fails_once_before_any_work(tmp_path: Path) -> 
     assert error["retryable"] is False and finals[0].data["model_name"] == "alice"
 
 
+def test_a_dataset_longer_than_max_audio_minutes_fails_once_before_preparing(tmp_path: Path) -> None:
+    # The real run_job (tiny preset, random networks): the length is read from the files' headers.
+    stack = LocalStack(tmp_path / "stack", env={"SLICE_SECONDS": "30", "MAX_AUDIO_MINUTES": "0.1"})
+    dataset = simple_dataset_zip(tmp_path / "upload" / "long.zip", files=3, seconds=6.0)  # 18 s > 6 s
+    stack.upload(dataset, "datasets/long.zip", {"model-name": "long"})
+    stack.run(timeout=60)
+    finals = stack.finals()
+    assert [f.kind for f in finals] == ["failed"]
+    error = finals[0].data["error"]
+    assert error["code"] == "too_much_audio" and error["retryable"] is False
+    assert "0.3 minutes" in error["message"] and "at most 0.1 minutes" in error["message"]
+    assert list((stack.root / "models").rglob("*.*")) == []
+    assert not list((stack.root / "scratch").rglob("*.wav"))  # no segment was ever written
+
+
 # --- /work: the job id -------------------------------------------------------------------------------
 @pytest.mark.parametrize("job_id", ["../../etc/passwd", "ABCDEF0123456789", "0123", ""])
 def test_work_drops_a_token_whose_job_id_is_not_one(stack: LocalStack, job_id: str) -> None:
@@ -296,6 +311,10 @@ def test_trust_settings_parse_and_validate(tmp_path: Path) -> None:
     )
     assert settings.train_dataset_buckets == ("a", "b") and settings.inbox_bucket_name == "in"
     assert settings.max_dataset_bytes > 0  # derived from the instance memory
+    assert settings.max_audio_minutes >= 10  # the same, never under 10 minutes
+    assert Settings.from_env({**env, "MAX_AUDIO_MINUTES": "45"}).max_audio_minutes == 45
+    with pytest.raises(SettingsError, match="MAX_AUDIO_MINUTES"):
+        Settings.from_env({**env, "MAX_AUDIO_MINUTES": "-1"})
     with pytest.raises(SettingsError, match="PUSH_SERVICE_ACCOUNT"):
         Settings.from_env({**env, "REQUIRE_PUSH_IDENTITY": "true", "TASKS_SERVICE_ACCOUNT": TASKS})
     with pytest.raises(SettingsError, match="REQUIRE_PUSH_IDENTITY"):

@@ -273,6 +273,7 @@ class SliceRunner:
             base_g=base_g,
             base_d=base_d,
             compile=COMPILE_CHOICES[d.settings.train_compile],
+            max_audio_seconds=d.settings.max_audio_minutes * 60,
         )
         milestones, position = _milestones(workdir), _position_of(s.record)  # the reporter updates s.record
         started, progress_before = s.watch.clock(), s.watch.seconds("progress")
