@@ -13,7 +13,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -90,7 +90,7 @@ def _iteration_units(frames: int, n_lists: int, dim: int) -> float:
 
 
 def build_index(
-    features: np.ndarray,
+    features: np.ndarray | Callable[[], np.ndarray],
     out_dir: Path,
     model_name: str,
     version: str,
@@ -103,11 +103,11 @@ def build_index(
     """Trains and fills an `IVF{n},Flat` index (L2, nprobe 1) and writes it atomically.
 
     `state_dir` keeps the finished units (the reduction, the quantizer's centroids after each
-    iteration) so a build paused by `budget` continues there; without it a temporary folder is used."""
+    iteration) so a build paused by `budget` continues there; without it a temporary folder is used.
+    `features` may be a loader, called only when the state does not already hold what the build
+    needs: a build resumed after its k-means reduction reads no features."""
     import tempfile
 
-    if features.ndim != 2 or len(features) == 0:
-        raise ValueError("build_index needs a non-empty [frames, dim] array")
     if state_dir is None:
         with tempfile.TemporaryDirectory() as tmp:
             return build_index(
@@ -118,13 +118,15 @@ def build_index(
 
     budget = budget or Budget()
     state_dir.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    vectors = features[rng.permutation(len(features))]
-    if len(vectors) > KMEANS_THRESHOLD:
-        reduced = state_dir / "kmeans.npy"
-        if reduced.exists():
-            vectors = np.load(reduced)
-        else:
+    reduced = state_dir / "kmeans.npy"  # written only for datasets over KMEANS_THRESHOLD frames
+    if reduced.exists():
+        vectors = np.load(reduced)
+    else:
+        features = features() if callable(features) else features
+        if features.ndim != 2 or len(features) == 0:
+            raise ValueError("build_index needs a non-empty [frames, dim] array")
+        vectors = features[np.random.default_rng(seed).permutation(len(features))]
+        if len(vectors) > KMEANS_THRESHOLD:
             sampled = min(len(vectors), KMEANS_MAX_FRAMES)
             budget.check("index", budget.estimate("kmeans", sampled / 10_000))
             started = monotonic()

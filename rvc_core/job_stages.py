@@ -254,13 +254,17 @@ def finish_job(
     def index_body() -> dict[str, Any]:
         for stale in out.glob(index_file_name(spec.model_name, spec.version, "*")):
             stale.unlink()  # a rerun may choose another n; keep exactly one index
-        sizes = sum((wd.features_dir / f"{sid}.npy").stat().st_size for sid in segment_ids) / 2**20
-        budget.check("index", budget.estimate("stack_features", sizes))
-        started = monotonic()
-        features = stack_features([wd.features_dir / f"{sid}.npy" for sid in segment_ids])
-        budget.record("stack_features", monotonic() - started, max(sizes, 1e-3), kept=False)
+
+        def load_features() -> np.ndarray:  # not called by a build resumed after its k-means
+            sizes = sum((wd.features_dir / f"{sid}.npy").stat().st_size for sid in segment_ids) / 2**20
+            budget.check("index", budget.estimate("stack_features", sizes))
+            started = monotonic()
+            features = stack_features([wd.features_dir / f"{sid}.npy" for sid in segment_ids])
+            budget.record("stack_features", monotonic() - started, max(sizes, 1e-3), kept=False)
+            return features
+
         result = build_index(
-            features,
+            load_features,
             out,
             spec.model_name,
             spec.version,

@@ -57,6 +57,37 @@ def test_large_datasets_are_reduced_to_kmeans_centroids_first(
     assert result.path.name.endswith("_carol_v1.index")
 
 
+def test_a_build_resumed_after_its_kmeans_reads_no_features(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import rvc_core.index as index_module
+    from rvc_core.prepare import Budget, Paused
+
+    monkeypatch.setattr(index_module, "KMEANS_THRESHOLD", 2_000)
+    monkeypatch.setattr(index_module, "KMEANS_CENTROIDS", 100)
+    feats = np.random.default_rng(3).standard_normal((3_000, 64)).astype(np.float32)
+    loads: list[int] = []
+
+    def load() -> np.ndarray:
+        loads.append(1)
+        return feats
+
+    class StopAfterKmeans(Budget):
+        def check(self, stage: str, seconds: float = 0.0, done: int = 0) -> None:
+            if (tmp_path / "state" / "kmeans.npy").exists():
+                raise Paused(stage, done)
+
+    with pytest.raises(Paused):
+        build_index(
+            load, tmp_path / "out", "erin", "v2", state_dir=tmp_path / "state", budget=StopAfterKmeans()
+        )
+    resumed = build_index(load, tmp_path / "out", "erin", "v2", state_dir=tmp_path / "state")
+    assert loads == [1]  # the 3 000 frames were read once, by the call that reduced them
+    assert resumed.vectors == 100
+    whole = build_index(feats, tmp_path / "whole", "erin", "v2")
+    assert whole.n_lists == resumed.n_lists and whole.vectors == resumed.vectors
+
+
 def test_a_paused_build_resumes_between_kmeans_iterations_to_the_same_index(tmp_path: Path) -> None:
     import faiss
 
