@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = "checkpoints"
 FINISH_DIR = "finish"  # the finishing stages' outputs, kept between slices
-FINISH_STAGES = ("index", "export", "preview", "report", "zip")
+FINISH_STAGES = ("index", "export", "preview", "report", "zip", "checkpoints")
 
 
 def prepare_stage(
@@ -350,8 +350,16 @@ def finish_job(
         return {"file": write_model_zip(out / f"{spec.model_name}.zip", [pth, index_path]).name}
 
     _unit("zip", wd, budget, budget.estimate("zip", zip_mb), emit, f"{spec.model_name}.zip")(zip_body)
-    with budget.timed("checkpoints"):  # G_<n>.pth / D_<n>.pth, to continue training from
+
+    def checkpoints_body() -> dict[str, Any]:  # G_<n>.pth / D_<n>.pth, to continue training from
         pair = write_checkpoint_pair(trained.checkpoint, out)
+        return {key: path.name for key, path in pair.artifacts().items()}
+
+    # A unit like the others: budgeted (it reads the whole training checkpoint, 1.4 GB for the full
+    # preset), and skipped by a finishing call that resumes after it.
+    pair = _unit("checkpoints", wd, budget, budget.estimate("checkpoints"), emit, "G and D checkpoints")(
+        checkpoints_body
+    )
     with budget.timed("deliver"):
         outdir.mkdir(parents=True, exist_ok=True)
         for stale in outdir.glob(index_file_name(spec.model_name, spec.version, "*")):
@@ -365,7 +373,8 @@ def finish_job(
             "report_png": "report.png",
             "zip": f"{spec.model_name}.zip",
             **{f"pth_e{epoch}": name for epoch, name in export["extra"].items()},
-            **{key: path.name for key, path in pair.artifacts().items()},
+            "G": pair["G"],
+            "D": pair["D"],
         }
         artifacts = {key: _deliver(out / name, outdir / name) for key, name in names.items()}
     return JobProgress(

@@ -47,7 +47,7 @@ RATES_FILE = "budget.json"
 # Conservative seconds per unit before anything was measured (2 CPU cores, real networks). Units:
 # preprocess per MB of source file; pitch/features per second of 16 kHz audio; load_* per load;
 # train_start per train() start-up, train_step per step; ivf_iteration per 1e12 frame x list x dim
-# multiply-adds; kmeans per 10k frames; export/preview/report per call; zip per MB.
+# multiply-adds; kmeans per 10k frames; export/preview/report/checkpoints per call; zip per MB.
 DEFAULT_RATES: dict[str, float] = {
     "preprocess": 0.6,
     "pool_start": 3.0,
@@ -65,6 +65,7 @@ DEFAULT_RATES: dict[str, float] = {
     "preview": 10.0,
     "report": 5.0,
     "zip": 0.05,
+    "checkpoints": 15.0,  # reads the training checkpoint (1.4 GB, full preset), writes G and D
 }
 
 

@@ -33,6 +33,7 @@ STAGES = {
     "preview",
     "report",
     "zip",
+    "checkpoints",
 }
 
 
