@@ -9,6 +9,12 @@ from typing import IO, Any
 from tqdm import tqdm
 
 BAR_FORMAT = "{desc} {n_fmt}/{total_fmt} epochs |{bar}| "
+# The order a job's stages run in (rvc_core's, then `done`): Pub/Sub does not keep the order of
+# messages, so an event that places the job before where the bar already is arrived late.
+STAGE_ORDER = (
+    "queued", "extract", "preprocess", "pitch", "features", "train",
+    "index", "export", "preview", "report", "zip", "checkpoints", "done",
+)  # fmt: skip
 
 
 def duration(seconds: float | None) -> str:
@@ -62,8 +68,7 @@ class JobBar:
 
     def record(self, record: dict[str, Any]) -> None:
         self.status = str(record.get("status") or self.status)
-        self.stage = str(record.get("stage") or self.stage)
-        self._progress(record.get("progress") or {})
+        self._advance(record.get("stage"), record.get("progress") or {})
         self.queue = record.get("queue")
         self._draw()
 
@@ -77,17 +82,23 @@ class JobBar:
             if unknown:
                 self.note(f"unknown metadata keys (ignored): {', '.join(unknown)}")
         if kind == "progress":
-            self.stage = str(data.get("stage") or self.stage)
-            self._progress(data.get("progress") or {})
+            self._advance(data.get("stage"), data.get("progress") or {})
         if self.status != "queued":
             self.queue = None
         self._draw()
 
-    def _progress(self, progress: dict[str, Any]) -> None:
-        # Messages can arrive out of order: never move the bar backwards.
-        if (progress.get("epoch") or 0) < (self.progress.get("epoch") or 0):
+    def _advance(self, stage: str | None, progress: dict[str, Any]) -> None:
+        """Takes the stage and numbers unless they are behind the bar's (a late message)."""
+        stage = str(stage or self.stage)
+        if self._position(stage, progress) < self._position(self.stage, self.progress):
             return
+        self.stage = stage
         self.progress = {**self.progress, **progress}
+
+    def _position(self, stage: str, progress: dict[str, Any]) -> tuple[int, int]:
+        known = stage if stage in STAGE_ORDER else self.stage  # a stage we do not know: keep up
+        rank = STAGE_ORDER.index(known) if known in STAGE_ORDER else 0
+        return int(progress.get("epoch") or 0), rank
 
     def _draw(self) -> None:
         epochs = self.progress.get("epochs")
