@@ -8,6 +8,7 @@ and anything libsndfile refuses.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -51,8 +52,9 @@ class DecodedAudio:
         return self.frames / self.sample_rate
 
 
-def probe_and_decode(path: Path) -> DecodedAudio:
-    """Decodes any audio file to float32 `(frames, channels)` at its native rate.
+def probe_and_decode(path: Path, max_seconds: float | None = None) -> DecodedAudio:
+    """Decodes any audio file to float32 `(frames, channels)` at its native rate, at most its first
+    `max_seconds` (a compressed file whose header understates its length stays bounded in memory).
 
     Raises `UndecodableAudio` when no decoder can read it, when it holds no samples, or when it
     needs ffmpeg and ffmpeg is not installed.
@@ -61,12 +63,12 @@ def probe_and_decode(path: Path) -> DecodedAudio:
     soundfile_error: str | None = None
     if path.suffix.lower() not in FFMPEG_FIRST_EXTENSIONS:
         try:
-            audio = _decode_with_soundfile(path)
+            audio = _decode_with_soundfile(path, max_seconds)
         except (sf.LibsndfileError, RuntimeError) as exc:
             soundfile_error = str(exc)
         else:
             return _require_samples(audio, path)
-    return _require_samples(_decode_with_ffmpeg(path, soundfile_error), path)
+    return _require_samples(_decode_with_ffmpeg(path, soundfile_error, max_seconds), path)
 
 
 def probe_seconds(path: Path) -> float | None:
@@ -117,8 +119,10 @@ def read_wav_float32(path: Path) -> tuple[np.ndarray, int]:
     return samples[:, 0], int(sample_rate)
 
 
-def _decode_with_soundfile(path: Path) -> DecodedAudio:
-    samples, sample_rate = sf.read(path, dtype="float32", always_2d=True)
+def _decode_with_soundfile(path: Path, max_seconds: float | None = None) -> DecodedAudio:
+    with sf.SoundFile(path) as f:
+        frames = -1 if max_seconds is None else math.ceil(max_seconds * f.samplerate)
+        samples, sample_rate = f.read(frames, dtype="float32", always_2d=True), f.samplerate
     return DecodedAudio(samples=samples, sample_rate=int(sample_rate))
 
 
@@ -133,7 +137,9 @@ def _ffmpeg_timeout(path: Path) -> float:
     return min(FFMPEG_BASE_TIMEOUT_S + FFMPEG_TIMEOUT_PER_MIB_S * size_mib, FFMPEG_MAX_TIMEOUT_S)
 
 
-def _decode_with_ffmpeg(path: Path, soundfile_error: str | None) -> DecodedAudio:
+def _decode_with_ffmpeg(
+    path: Path, soundfile_error: str | None, max_seconds: float | None = None
+) -> DecodedAudio:
     tried = f" (soundfile: {soundfile_error})" if soundfile_error else ""
     ffmpeg, ffprobe = shutil.which("ffmpeg"), shutil.which("ffprobe")
     # An absolute path can never be mistaken for an option or a protocol ("x:" prefix) by ffmpeg.
@@ -148,8 +154,11 @@ def _decode_with_ffmpeg(path: Path, soundfile_error: str | None) -> DecodedAudio
     # -ar/-ac repeat the native values: no resampling, but a fixed layout even if the stream changes.
     command = [
         ffmpeg, "-nostdin", "-v", "error", "-i", source, "-map", "0:a:0", "-vn",
-        "-f", "f32le", "-acodec", "pcm_f32le", "-ar", str(sample_rate), "-ac", str(channels), "pipe:1",
+        "-f", "f32le", "-acodec", "pcm_f32le", "-ar", str(sample_rate), "-ac", str(channels),
     ]  # fmt: skip
+    if max_seconds is not None:
+        command += ["-t", f"{max_seconds:.3f}"]
+    command.append("pipe:1")
     result = _run(command, timeout, path)
     if result.returncode != 0:
         raise UndecodableAudio(f"{path.name}: ffmpeg could not decode it: {_last_line(result.stderr)}{tried}")

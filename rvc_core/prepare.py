@@ -29,7 +29,7 @@ from rvc_core.errors import BadDataset, ConfigMismatch, NoAudio, RvcError, TooLi
 from rvc_core.intake import ExtractedDataset, SourceFile, extract_dataset
 from rvc_core.layout import STAGES, WorkDir
 from rvc_core.preprocess import FileStats, Segment, preprocess_all
-from rvc_core.preprocess.length import check_decoded_length, check_probed_length
+from rvc_core.preprocess.length import check_decoded_length, check_probed_length, decode_bound
 from rvc_core.preprocess.records import REJECT_UNDECODABLE, reason_code
 from rvc_core.progress import ProgressCallback, ProgressEvent, progress_bar
 from rvc_core.report import MIN_USABLE_SECONDS, DatasetReport, build_report, report_from_json
@@ -326,6 +326,7 @@ def _stage_preprocess(
                 wd.wav16k_dir,
                 workers=workers,
                 progress=lambda _s: bar.update(1),
+                max_seconds=decode_bound(max_seconds),
             )
             elapsed = monotonic() - started
             done.update({source.id: st for source, st in zip(chunk, stats, strict=True)})

@@ -252,3 +252,15 @@ def test_probe_of_a_file_that_is_not_audio_is_unknown(tmp_path: Path, name: str)
     (tmp_path / name).write_bytes(b"these bytes are not audio " * 40)
 
     assert probe_seconds(tmp_path / name) is None
+
+
+@needs_ffmpeg
+def test_decoding_stops_at_max_seconds_whatever_the_header_says(tmp_path: Path) -> None:
+    mp3 = lossy_clip(tmp_path, "clip.mp3", 44100, 1, ["-c:a", "libmp3lame"])
+    wav = tmp_path / "clip.wav"
+    write_clip(wav, 16000, 2)
+
+    assert probe_and_decode(mp3, max_seconds=0.2).seconds == pytest.approx(0.2, abs=0.03)
+    capped = probe_and_decode(wav, max_seconds=0.2)
+    assert (capped.frames, capped.channels) == (3200, 2)
+    assert probe_and_decode(wav, max_seconds=60).frames == round(SECONDS * 16000)

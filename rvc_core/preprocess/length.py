@@ -49,6 +49,12 @@ def check_decoded_length(seconds: Iterable[float], max_seconds: float | None) ->
         raise TooMuchAudio(_message(total, max_seconds, len(durations), decoded=True))
 
 
+def decode_bound(max_seconds: float | None) -> float | None:
+    """The most of one file worth decoding: just past what `check_decoded_length` refuses, so a
+    file whose header understates its length is refused without being decoded whole."""
+    return None if max_seconds is None else max_seconds * (1 + DECODED_TOLERANCE) + 1.0
+
+
 def _message(total: float, limit: float, files: int, *, decoded: bool = False) -> str:
     measured = f"the first {files} file(s) decode to" if decoded else f"the {files} audio file(s) hold"
     return (

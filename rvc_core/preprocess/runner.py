@@ -55,18 +55,24 @@ class _Analysis:
 
 
 def preprocess_file(
-    source: SourceFile, sample_rate: int, segment_seconds: float, wav_dir: Path, wav16k_dir: Path
+    source: SourceFile,
+    sample_rate: int,
+    segment_seconds: float,
+    wav_dir: Path,
+    wav16k_dir: Path,
+    max_seconds: float | None = None,
 ) -> FileStats:
     """Preprocesses one source file into `wav_dir` / `wav16k_dir` and reports what it kept and why
     anything was dropped. A file that cannot be used comes back with status "rejected" and a reason;
-    only unexpected failures (a full disk, a bug) raise."""
+    only unexpected failures (a full disk, a bug) raise. A file decoded whole in memory is read up
+    to `max_seconds` (streamed files are read in blocks and need no bound)."""
     path = Path(source.path)
     writer = SegmentWriter(source.id, source.speaker_id, sample_rate, wav_dir, wav16k_dir)
     try:
         if (_streamable_seconds(path) or 0.0) > STREAM_ABOVE_SECONDS:
             analysis = _preprocess_streaming(path, sample_rate, segment_seconds, writer)
         else:
-            analysis = _preprocess_whole(path, sample_rate, segment_seconds, writer)
+            analysis = _preprocess_whole(path, sample_rate, segment_seconds, writer, max_seconds)
     except UndecodableAudio as exc:
         return _file_stats(source, None, writer, reason(REJECT_UNDECODABLE, exc.message))
     for chunk, why in analysis.plan.dropped:
@@ -83,12 +89,13 @@ def preprocess_all(
     *,
     workers: int | None = None,
     progress: Callable[[FileStats], None] | None = None,
+    max_seconds: float | None = None,
 ) -> list[FileStats]:
     """`preprocess_file` for every source, in `workers` threads (default: one per CPU), with
     `progress` called in the calling thread as each file finishes. Results come back in input order."""
     workers = min(workers or os.cpu_count() or 1, len(sources))
     report = progress or (lambda _stats: None)
-    args = (sample_rate, segment_seconds, Path(wav_dir), Path(wav16k_dir))
+    args = (sample_rate, segment_seconds, Path(wav_dir), Path(wav16k_dir), max_seconds)
     if workers <= 1:
         results = []
         for source in sources:
@@ -115,11 +122,11 @@ def preprocess_all(
 
 # --- the two ways through a file ----------------------------------------------------------------
 def _preprocess_whole(
-    path: Path, sample_rate: int, segment_seconds: float, writer: SegmentWriter
+    path: Path, sample_rate: int, segment_seconds: float, writer: SegmentWriter, max_seconds: float | None
 ) -> _Analysis:
     from rvc_core.audio_io import probe_and_decode
 
-    decoded = probe_and_decode(path)
+    decoded = probe_and_decode(path, max_seconds)
     source_rate, samples = decoded.sample_rate, decoded.samples
     del decoded  # only the block views below keep the decoded samples alive
     views = [samples[i : i + BLOCK_FRAMES] for i in range(0, samples.shape[0], BLOCK_FRAMES)]
