@@ -14,6 +14,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
 from consumer.errors import SettingsError
+from consumer.work.scratch import memory_limit_bytes
 from rvc_core.jobspec import COMPILE_CHOICES
 from rvc_core.scratch_need import max_audio_minutes
 
@@ -267,33 +268,14 @@ LOCAL_INBOX_BUCKET = "inbox"  # with file:// state, the inbox is the sibling fol
 # Scratch (the dataset, its decoded and resampled audio, features, checkpoints) lives in the instance's
 # memory on Cloud Run, beside the process itself; the decoded audio alone is a few times the zip.
 DATASET_SHARE_OF_MEMORY = 8  # 16 GiB instance → 2 GiB datasets
-DATASET_BYTES_FALLBACK = 2 * 1024**3
-AUDIO_MEMORY_FALLBACK = 16 * 1024**3  # Cloud Run's smallest GPU instance, when no limit can be read
-
-
-def instance_memory_bytes() -> int | None:
-    """The memory this instance may use: the cgroup limit (Cloud Run's setting), else physical RAM."""
-    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
-        try:
-            with open(path) as f:
-                raw = f.read().strip()
-        except OSError:
-            continue
-        if raw.isdigit() and int(raw) < 1 << 60:  # "max" or a huge number: no limit
-            return int(raw)
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return None
 
 
 def default_max_dataset_bytes() -> int:
-    memory = instance_memory_bytes()
-    return memory // DATASET_SHARE_OF_MEMORY if memory else DATASET_BYTES_FALLBACK
+    return memory_limit_bytes() // DATASET_SHARE_OF_MEMORY
 
 
 def default_max_audio_minutes(preset: str) -> float:
-    return max_audio_minutes(instance_memory_bytes() or AUDIO_MEMORY_FALLBACK, preset)
+    return max_audio_minutes(memory_limit_bytes(), preset)
 
 
 def _bucket_list(raw: str) -> tuple[str, ...]:

@@ -86,7 +86,7 @@ def test_longest_dataset_follows_the_memory_and_the_preset() -> None:
 def test_default_limit_is_read_from_the_instance_memory(monkeypatch: pytest.MonkeyPatch) -> None:
     from consumer import settings
 
-    monkeypatch.setattr(settings, "instance_memory_bytes", lambda: 32 * 1024**3)
+    monkeypatch.setattr(settings, "memory_limit_bytes", lambda: 32 * 1024**3)
     roomy = settings.default_max_audio_minutes("full")
-    monkeypatch.setattr(settings, "instance_memory_bytes", lambda: 16 * 1024**3)
+    monkeypatch.setattr(settings, "memory_limit_bytes", lambda: 16 * 1024**3)
     assert settings.default_max_audio_minutes("full") < roomy
