@@ -463,7 +463,7 @@ class SliceRunner:
         return s.answer("cancelled", "cancelled on request")
 
     @property
-    def finaliser(self) -> Finaliser:
+    def finaliser(self) -> Finaliser:  # built per use: tests swap the deps' clock
         d = self.deps
         return Finaliser(d.records, d.results, d.line, d.store_for, d.clock)
 
@@ -486,10 +486,9 @@ class SliceRunner:
         if not moved and not record.is_final:
             return None  # another owner holds the job now: it finishes it
         try:
-            published = self._publish_final(record, claimed=moved)
-            d.line.leave(record)
+            published = self.finaliser.announce(record, claimed=moved)
         finally:
-            self._forget_work(s.job_id)
+            self.scratch.forget(s.job_id)
         return published or record
 
     def _publish_final(self, record: JobRecord, *, claimed: bool) -> JobRecord | None:
