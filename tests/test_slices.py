@@ -96,6 +96,17 @@ def test_latest_pointer_names_the_newest_success(tmp_path: Path, dataset: Path) 
     assert json.loads(latest)["job_id"] == only_job(stack)
 
 
+def test_a_damaged_latest_pointer_is_replaced_by_the_next_success(tmp_path: Path, dataset: Path) -> None:
+    stack = make_stack(tmp_path / "stack")
+    store = open_store(stack.settings.models_url)
+    uri = f"{stack.settings.models_url}/alice/latest.json"
+    store.write_bytes(uri, b"{half a file", content_type="application/json")
+    stack.upload(dataset, "datasets/alice.zip", {"epochs": "1"})
+    stack.run(timeout=60)
+    assert [f.kind for f in stack.finals()] == ["succeeded"]
+    assert json.loads(store.read_bytes(uri)[0])["job_id"] == only_job(stack)
+
+
 def test_next_task_is_queued_before_the_record_advances(tmp_path: Path, dataset: Path) -> None:
     stack = make_stack(tmp_path / "stack", FakeTrainer(epochs_per_call=1))
     seen: list[tuple[str, int]] = []  # (task name, record seq when it was created)

@@ -9,17 +9,16 @@ like the waiting line's), which also lists failed and superseded jobs.
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
 from flask import Response, jsonify, request
 
-from consumer.errors import NotFound
 from consumer.handlers import pages
 from consumer.handlers.jobs import JOB_ID
 from consumer.jobs.records import JobRecord
 from consumer.services import Services
+from consumer.work.artifacts import latest_uri, read_latest
 from rvc_core.names import is_model_name
 
 MAX_JOBS = 100  # the newest this many are shown
@@ -69,16 +68,8 @@ def _records(services: Services, name: str) -> list[JobRecord]:
 
 
 def _latest(services: Services, name: str) -> dict[str, Any] | None:
-    uri = f"{services.settings.models_url}/{name}/latest.json"
-    try:
-        data, _ = services.store_for(uri).read_bytes(uri)
-    except NotFound:
-        return None
-    try:
-        latest = json.loads(data)
-    except ValueError:
-        return None
-    return latest if isinstance(latest, dict) else None
+    uri = latest_uri(services.settings.models_url, name)
+    return read_latest(services.store_for(uri), uri)[0]
 
 
 def _summary(record: JobRecord, latest: bool) -> dict[str, Any]:

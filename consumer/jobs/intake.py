@@ -28,6 +28,7 @@ from consumer.jobs.results import ResultKind, Results, claim_announcement, mark_
 from consumer.jobs.uploads import model_name_hint, why_not_an_upload
 from consumer.jobs.waiting import WaitingLine
 from consumer.logs import log
+from consumer.work.artifacts import BASE_SPEC_KEYS, latest_uri, read_latest
 from consumer.work.tokens import WorkQueue, WorkToken
 
 if TYPE_CHECKING:
@@ -226,15 +227,15 @@ class Intake:
         if name is None:
             return spec
         accepted = "a model with a successful job here, of the same sample rate, version and preset"
-        uri = f"{self.settings.models_url}/{name}/latest.json"
-        try:
-            latest = json.loads(self.store_for(uri).read_bytes(uri)[0])
-        except NotFound:
+        uri = latest_uri(self.settings.models_url, name)
+        latest, _ = read_latest(self.store_for(uri), uri)
+        if latest is None:
             raise InvalidMetadata(
-                f"base-model {name!r}: no successful job of that model ({uri} does not exist)",
+                f"base-model {name!r}: no successful job of that model ({uri} does not exist or is "
+                "not a latest.json this service wrote)",
                 field="base-model",
                 accepted=accepted,
-            ) from None
+            )
         job_id = str(latest.get("job_id", "?"))
         artifacts = latest.get("artifacts") or {}
         if not artifacts.get("G") or not artifacts.get("D"):
@@ -250,7 +251,7 @@ class Intake:
             base = record.spec if record is not None else {}
         mismatches = [
             f"{key} {base.get(key)!r} (base) vs {getattr(spec, key)!r} (this job)"
-            for key in ("sample_rate", "version", "preset")
+            for key in BASE_SPEC_KEYS
             if base.get(key) != getattr(spec, key)
         ]
         if mismatches:

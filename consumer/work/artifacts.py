@@ -43,10 +43,28 @@ def publish_artifacts(
         uri = f"{base}/{Path(path).name}"
         store.upload_file(Path(path), uri, content_type=CONTENT_TYPES.get(Path(path).suffix))
         uris[kind] = uri
-    point_latest(store, f"{models_url}/{record.model_name}/latest.json", record, uris)
+    point_latest(store, latest_uri(models_url, record.model_name), record, uris)
     if record.output_url:
         uris.update(copy_to_output(store_for(record.output_url), record.output_url, files))
     return uris
+
+
+def latest_uri(models_url: str, model_name: str) -> str:
+    return f"{models_url}/{model_name}/latest.json"
+
+
+def read_latest(store: ObjectStore, uri: str) -> tuple[dict[str, Any] | None, int]:
+    """`latest.json` and its generation (0: there is none). A file that is not a JSON object reads
+    as None with its generation, so a writer can still replace it."""
+    try:
+        data, generation = store.read_bytes(uri)
+    except NotFound:
+        return None, 0
+    try:
+        latest = json.loads(data)
+    except ValueError:
+        return None, generation
+    return (latest if isinstance(latest, dict) else None), generation
 
 
 def point_latest(store: ObjectStore, uri: str, record: JobRecord, artifacts: dict[str, str]) -> None:
@@ -64,16 +82,12 @@ def point_latest(store: ObjectStore, uri: str, record: JobRecord, artifacts: dic
         sort_keys=True,
     ).encode()
     for _ in range(LATEST_ATTEMPTS):
-        try:
-            data, generation = store.read_bytes(uri)
-            current = json.loads(data)
-            if (int(current.get("generation", 0)), current.get("job_id", "")) > (
-                record.source.generation,
-                record.job_id,
-            ):
-                return
-        except NotFound:
-            generation = 0
+        current, generation = read_latest(store, uri)
+        if current is not None and (int(current.get("generation", 0)), str(current.get("job_id", ""))) > (
+            record.source.generation,
+            record.job_id,
+        ):
+            return
         try:
             store.write_bytes(uri, payload, if_generation_match=generation, content_type="application/json")
             return
