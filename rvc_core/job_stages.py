@@ -37,7 +37,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_DIR = "checkpoints"
 FINISH_DIR = "finish"  # the finishing stages' outputs, kept between slices
 FINISH_STAGES = ("index", "export", "preview", "report", "zip", "checkpoints")
 
@@ -126,7 +125,7 @@ def train_stage(
     taken, however small the budget, so every call moves)."""
     from rvc_core.train import train
 
-    marker = Path(workdir) / "stages" / "train.json"
+    marker = WorkDir(Path(workdir)).stage_marker("train")
     done = _load_train_result(marker, Path(workdir), spec)
     if done is not None:
         return done
@@ -159,7 +158,7 @@ def train_stage(
         result = train(
             workdir,
             config,
-            ckpt_dir=Path(workdir) / CHECKPOINT_DIR,
+            ckpt_dir=WorkDir(Path(workdir)).checkpoint_dir,
             device=env.device,
             deadline=None if grant else budget.deadline,
             should_stop=should_stop,
@@ -174,7 +173,7 @@ def train_stage(
     if result.status == "finished":
         # Outputs of an earlier run's model (a rerun asking for more epochs) are stale now.
         for stage in FINISH_STAGES[1:]:
-            (Path(workdir) / "stages" / f"{stage}.json").unlink(missing_ok=True)
+            WorkDir(Path(workdir)).stage_marker(stage).unlink(missing_ok=True)
         write_json(marker, _train_result_json(result, Path(workdir), spec))
     return result
 

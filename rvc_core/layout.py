@@ -13,6 +13,7 @@ WORKDIR/
   pitch/f0/<seg>.npy         float32 fine pitch in Hz, 0 = unvoiced
   features/<seg>.npy         float32 content features, 50 frames/s (768 or 256-d) (stage: features)
   stages/<stage>.json        completion marker with the stage's summary
+  checkpoints/latest.pt      the training checkpoint (rvc_core.train.checkpoint)
 ```
 """
 
@@ -22,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 STAGES: tuple[str, ...] = ("extract", "preprocess", "pitch", "features")
+CHECKPOINT_DIR = "checkpoints"
+CHECKPOINT_NAME = "latest.pt"
 
 
 @dataclass(frozen=True)
@@ -68,8 +71,20 @@ class WorkDir:
     def features_dir(self) -> Path:
         return self.root / "features"
 
+    @property
+    def stages_dir(self) -> Path:
+        return self.root / "stages"
+
     def stage_marker(self, stage: str) -> Path:
-        return self.root / "stages" / f"{stage}.json"
+        return self.stages_dir / f"{stage}.json"
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.root / CHECKPOINT_DIR
+
+    @property
+    def training_checkpoint(self) -> Path:
+        return self.checkpoint_dir / CHECKPOINT_NAME
 
     def is_done(self, stage: str) -> bool:
         return self.stage_marker(stage).exists()

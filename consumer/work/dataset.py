@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from consumer.errors import Superseded
 from consumer.jobs.records import JobRecord, job_id_for, source_key
+from rvc_core.layout import WorkDir
 
 if TYPE_CHECKING:
     from consumer.adapters.storage import ObjectStore
@@ -49,7 +50,7 @@ def download_base_pair(
     paths = []
     for uri in (str(spec["base_g"]), str(spec["base_d"])):
         path = folder / uri.rstrip("/").rsplit("/", 1)[-1]
-        if not path.exists() and not (workdir / "checkpoints" / "latest.pt").exists():
+        if not path.exists() and not WorkDir(workdir).training_checkpoint.exists():
             folder.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f".{path.name}.part")
             store_for(uri).download_file(uri, tmp)  # a deleted base: NotFound, permanent

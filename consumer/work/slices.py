@@ -46,6 +46,7 @@ from consumer.work.scratch import ScratchSpace, default_budget
 from consumer.work.timings import Stopwatch
 from consumer.work.tokens import WorkQueue, WorkToken
 from rvc_core.errors import RvcError
+from rvc_core.layout import WorkDir
 
 if TYPE_CHECKING:
     from consumer.adapters.storage import ObjectStore
@@ -551,7 +552,7 @@ def _summary(report: dict[str, Any] | None) -> dict[str, Any] | None:
 
 def _milestones(workdir: Path) -> frozenset[str]:
     """The stages the work dir has finished (rvc_core's stage markers)."""
-    folder = workdir / "stages"
+    folder = WorkDir(workdir).stages_dir
     return frozenset(p.name for p in folder.glob("*.json")) if folder.is_dir() else frozenset()
 
 

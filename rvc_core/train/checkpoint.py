@@ -23,12 +23,12 @@ import numpy as np
 
 from rvc_core.atomic import atomic_path
 from rvc_core.errors import CheckpointCorrupt, ConfigMismatch
+from rvc_core.layout import CHECKPOINT_NAME
 from rvc_core.train.config import TrainConfig, differing_fields
 
 if TYPE_CHECKING:
     import torch
 
-CHECKPOINT_NAME = "latest.pt"
 GENERATOR_NAME = "generator.pt"
 FORMAT_VERSION = 1
 
