@@ -50,7 +50,6 @@ RATES_FILE = "budget.json"
 # multiply-adds; kmeans per 10k frames; export/preview/report/checkpoints per call; zip per MB.
 DEFAULT_RATES: dict[str, float] = {
     "preprocess": 0.6,
-    "pool_start": 3.0,
     "load_pitch": 5.0,
     "pitch": 0.3,
     "load_features": 5.0,
@@ -334,7 +333,7 @@ def _stage_preprocess(
             todo = todo[len(chunk) :]
             if todo:
                 write_json(partial_path, {"files": {k: v.to_json() for k, v in done.items()}})
-            # Seconds per MB in one process (a pool's start-up included: conservative).
+            # Seconds per MB in one thread (its share of the chunk, the threads' start-up included).
             lane_mb = sum(f.size_bytes for f in chunk) / 2**20 / min(pool, len(chunk))
             budget.record("preprocess", elapsed, max(lane_mb, 1e-3))
     stats = [done[f.id] for f in extracted.files]
@@ -352,7 +351,7 @@ def _cpu_count() -> int:
 
 def _preprocess_chunk(todo: Sequence[SourceFile], pool: int, budget: Budget) -> list[SourceFile]:
     """The next files to preprocess: all of them without a deadline, else as many as the time left
-    allows (files run `pool` at a time; a pool of processes costs a start-up). Empty: pause."""
+    allows (files run `pool` at a time). Empty: pause."""
     if budget.should_stop is not None and budget.should_stop():
         return []
     if not budget.bounded:
@@ -368,12 +367,12 @@ def _preprocess_chunk(todo: Sequence[SourceFile], pool: int, budget: Budget) -> 
 
 
 def _chunk_seconds(chunk: Sequence[SourceFile], pool: int, budget: Budget) -> float:
-    """Estimated wall time of preprocessing `chunk` in up to `pool` processes (longest first)."""
+    """Estimated wall time of preprocessing `chunk` in up to `pool` threads (longest first); threads
+    start at no cost, and the measured rate already holds the per-file overheads."""
     lanes = [0.0] * max(1, min(pool, len(chunk)))
     for mb in sorted((f.size_bytes / 2**20 for f in chunk), reverse=True):
         lanes[lanes.index(min(lanes))] += budget.estimate("preprocess", mb)
-    start = budget.estimate("pool_start") if len(lanes) > 1 else 0.0
-    return max(lanes) + start
+    return max(lanes)
 
 
 def _check_usable(report: DatasetReport, wd: WorkDir) -> None:
