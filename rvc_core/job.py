@@ -1,4 +1,5 @@
-"""One training job end to end: zip → prepare → train → index → export → preview → report → zip.
+"""One training job end to end: zip → prepare → train → index → export → preview → report → zip →
+G/D checkpoint pair.
 
 Idempotent and resumable: every stage output and the training checkpoint live under `workdir`, so
 calling `run_job` again with the same work dir continues where it stopped. With a `deadline` it
