@@ -12,10 +12,13 @@ configuration, 130 detached by Ctrl-C (the job goes on).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shlex
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -170,14 +173,16 @@ def follow(job_id: str, subscription: Any, config: ClientConfig, args: argparse.
         on_event=on_event,
         poll_seconds=args.poll,
     )
-    try:
-        outcome = watcher.run()
-    except KeyboardInterrupt:
-        bar.close()
+    with ctrl_c_flag() as interrupted:
+        try:
+            outcome = watcher.run(stopped=interrupted.is_set)
+        except KeyboardInterrupt:
+            outcome = None
+    bar.close()
+    if outcome is None:
         print(f"\ndetached: job {job_id} goes on. Re-attach with:\n  {reattach(job_id, config)}",
               file=sys.stderr, flush=True)  # fmt: skip
         return EXIT_DETACHED
-    bar.close()
     if outcome.status != "succeeded":
         error = outcome.error or {}
         code, message = error.get("code", outcome.status), error.get("message", "")
@@ -188,6 +193,27 @@ def follow(job_id: str, subscription: Any, config: ClientConfig, args: argparse.
         for path in fetch_artifacts(outcome.artifacts, Path(args.download)):
             print(path)
     return EXIT_OK
+
+
+@contextlib.contextmanager
+def ctrl_c_flag() -> Iterator[threading.Event]:
+    """Ctrl-C raises KeyboardInterrupt as usual and also sets the flag: Python drops an exception
+    raised while a finaliser runs (a gRPC channel's, say), and the follower then still stops at its
+    next check instead of following the job to its end."""
+    interrupted = threading.Event()
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        yield interrupted
+        return
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        interrupted.set()
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield interrupted
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def open_subscription(config: ClientConfig, *, on: str, value: str) -> Any:

@@ -149,7 +149,8 @@ class Watcher:
         self.seen: set[str] = set()
         self.record: dict[str, Any] | None = None
 
-    def run(self) -> Outcome:
+    def run(self, stopped: Callable[[], bool] = lambda: False) -> Outcome | None:
+        """Follows until the job ends; None when `stopped()` says so first (checked after each pull)."""
         outcome = self._poll()
         next_poll = self.clock() + self._poll_interval()
         while outcome is None:
@@ -158,6 +159,8 @@ class Watcher:
                 self.on_event(result)
                 if result.kind in FINAL_KINDS:
                     return self._final(result)
+            if stopped():
+                return None
             if self.clock() >= next_poll:
                 outcome = self._poll()
                 next_poll = self.clock() + self._poll_interval()
