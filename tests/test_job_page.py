@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import fcntl
 import json
 import math
 import os
@@ -333,11 +334,6 @@ class Chromium:
     def __init__(self, binary: str, profile: Path) -> None:
         to_browser_r, self._to_browser = os.pipe()
         self._from_browser, from_browser_w = os.pipe()
-
-        def wire() -> None:  # the child reads commands on fd 3 and writes answers on fd 4
-            os.dup2(to_browser_r, 3)
-            os.dup2(from_browser_w, 4)
-
         args = [
             binary,
             "--headless",
@@ -354,11 +350,19 @@ class Chromium:
         ]
         if os.geteuid() == 0:
             args.insert(1, "--no-sandbox")
+        # The browser reads commands on fd 3 and writes answers on fd 4. Bash wires them (dash takes
+        # one-digit descriptors only), not a
+        # preexec_fn: that would make CPython fork() and run gRPC's fork handlers, which can deadlock
+        # a test process that has used gRPC (consumer/local/orphans.py).
+        read_end, write_end = (fcntl.fcntl(fd, fcntl.F_DUPFD, 10) for fd in (to_browser_r, from_browser_w))
+        os.close(to_browser_r)
+        os.close(from_browser_w)
+        to_browser_r, from_browser_w = read_end, write_end
+        wiring = f'exec "$@" 3<&{read_end} 4>&{write_end} {read_end}<&- {write_end}>&-'
         self._log = open(profile.parent / "chromium.log", "wb")  # noqa: SIM115 - closed in close()
         self.process = subprocess.Popen(
-            args,
-            pass_fds=(3, 4),
-            preexec_fn=wire,
+            ["/bin/bash", "-c", wiring, "chromium", *args],
+            pass_fds=(read_end, write_end),
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=self._log,

@@ -9,9 +9,10 @@ thread that lives as long as they should (the main thread). Elsewhere than Linux
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
@@ -22,6 +23,17 @@ def _prctl() -> Callable[..., int] | None:
     import ctypes
 
     return ctypes.CDLL(None, use_errno=True).prctl
+
+
+def with_death_signal(cmd: Sequence[str]) -> list[str] | None:
+    """`cmd` run through util-linux's `setpriv --pdeathsig KILL`, which arms the death signal and
+    `exec`s it (None when setpriv is missing, or off Linux). Preferred to `die_with_parent`: a
+    `preexec_fn` makes CPython fork() instead of vfork(), which runs every library's fork handlers,
+    and gRPC's can deadlock a process whose gRPC threads are busy (seen in the test suite).
+    Unlike `die_with_parent`, it cannot notice a parent that died within the microseconds between
+    the fork and setpriv's prctl."""
+    setpriv = shutil.which("setpriv") if sys.platform.startswith("linux") else None
+    return None if setpriv is None else [setpriv, "--pdeathsig", "KILL", "--", *cmd]
 
 
 def die_with_parent() -> Callable[[], None] | None:

@@ -21,7 +21,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from consumer.local.orphans import die_with_parent
+from consumer.local.orphans import die_with_parent, with_death_signal
 
 
 @dataclass
@@ -61,16 +61,18 @@ def spawn(
     this process dies first. Call it from a thread that lives as long as the child (the main thread):
     Linux sends the death signal when the *thread* that forked the child exits."""
     out = open(log_path, "ab") if log_path is not None else None  # noqa: SIM115 (the child owns it)
+    wrapped = with_death_signal(cmd)
     try:
         popen = subprocess.Popen(
-            cmd,
+            wrapped or cmd,
             env=dict(env),
             cwd=cwd,
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT if out is not None else None,
             start_new_session=True,
-            preexec_fn=die_with_parent(),  # runs prctl only: safe in a threaded parent
+            # Only without setpriv: a preexec_fn forces fork() and its handlers (orphans.py).
+            preexec_fn=None if wrapped else die_with_parent(),
         )
     finally:
         if out is not None:
