@@ -76,15 +76,9 @@ def probe_seconds(path: Path) -> float | None:
     (an unreadable file, or a stream that does not state its length). MP3s without a VBR header
     are estimated from their bitrate by ffprobe, so the figure is a guide, not a bound."""
     path = Path(path)
-    if path.suffix.lower() not in FFMPEG_FIRST_EXTENSIONS:
-        try:
-            info = sf.info(path)
-        except (sf.LibsndfileError, RuntimeError):
-            pass
-        else:
-            # libsndfile states an unknown length as a huge frame count.
-            if 0 < info.frames < 1 << 62 and info.samplerate > 0:
-                return info.frames / info.samplerate
+    seconds = libsndfile_seconds(path)
+    if seconds is not None:
+        return seconds
     ffprobe = shutil.which("ffprobe")
     if ffprobe is None:
         return None
@@ -95,6 +89,19 @@ def probe_seconds(path: Path) -> float | None:
     except (UndecodableAudio, ValueError, KeyError, TypeError):
         return None
     return seconds if 0 < seconds < float("inf") else None
+
+
+def libsndfile_seconds(path: Path) -> float | None:
+    """The duration in seconds libsndfile reads from the header of a file `probe_and_decode` gives
+    to libsndfile; None for the formats ffmpeg decodes, an unreadable file or an unknown length."""
+    if Path(path).suffix.lower() in FFMPEG_FIRST_EXTENSIONS:
+        return None
+    try:
+        info = sf.info(str(path))
+    except (sf.LibsndfileError, RuntimeError):
+        return None
+    # libsndfile states an unknown length as a huge frame count.
+    return info.frames / info.samplerate if 0 < info.frames < 1 << 62 and info.samplerate > 0 else None
 
 
 def write_wav_float32(path: Path, samples: np.ndarray, sample_rate: int) -> None:

@@ -66,10 +66,13 @@ def preprocess_file(
     anything was dropped. A file that cannot be used comes back with status "rejected" and a reason;
     only unexpected failures (a full disk, a bug) raise. A file decoded whole in memory is read up
     to `max_seconds` (streamed files are read in blocks and need no bound)."""
+    from rvc_core.audio_io import libsndfile_seconds
+
     path = Path(source.path)
     writer = SegmentWriter(source.id, source.speaker_id, sample_rate, wav_dir, wav16k_dir)
     try:
-        if (_streamable_seconds(path) or 0.0) > STREAM_ABOVE_SECONDS:
+        # Files libsndfile reads are streamed in blocks when long; the rest are decoded whole.
+        if (libsndfile_seconds(path) or 0.0) > STREAM_ABOVE_SECONDS:
             analysis = _preprocess_streaming(path, sample_rate, segment_seconds, writer)
         else:
             analysis = _preprocess_whole(path, sample_rate, segment_seconds, writer, max_seconds)
@@ -223,22 +226,6 @@ def _read_blocks(path: Path) -> Iterator[np.ndarray]:
                 yield block
     except sf.SoundFileError as exc:
         raise UndecodableAudio(f"{path.name}: {exc}") from None
-
-
-def _streamable_seconds(path: Path) -> float | None:
-    """The duration of a file libsndfile reads (the formats `probe_and_decode` reads with it),
-    or None for the rest, which are always decoded whole."""
-    import soundfile as sf
-
-    from rvc_core.audio_io import FFMPEG_FIRST_EXTENSIONS
-
-    if path.suffix.lower() in FFMPEG_FIRST_EXTENSIONS:
-        return None
-    try:
-        info = sf.info(str(path))
-    except (sf.SoundFileError, RuntimeError):
-        return None
-    return info.frames / info.samplerate if info.samplerate > 0 else None
 
 
 def _rejection(analysis: _Analysis, writer: SegmentWriter) -> str | None:
