@@ -27,7 +27,7 @@ from rvc_core.atomic import atomic_path, write_json
 from rvc_core.continue_from import write_checkpoint_pair
 from rvc_core.export import ExportInfo, build_export, save_export
 from rvc_core.jobspec import JobEnvironment, JobProgress, JobSpec
-from rvc_core.layout import WorkDir
+from rvc_core.layout import FINISH_STAGES, WorkDir
 from rvc_core.prepare import Budget, Paused, PreparedDataset, monotonic, run_prepare
 from rvc_core.progress import ProgressCallback, ProgressEvent
 from rvc_core.spec import sample_rate_label
@@ -38,7 +38,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 FINISH_DIR = "finish"  # the finishing stages' outputs, kept between slices
-FINISH_STAGES = ("index", "export", "preview", "report", "zip", "checkpoints")
 
 
 def prepare_stage(
@@ -125,7 +124,8 @@ def train_stage(
     taken, however small the budget, so every call moves)."""
     from rvc_core.train import train
 
-    marker = WorkDir(Path(workdir)).stage_marker("train")
+    wd = WorkDir(Path(workdir))
+    marker = wd.stage_marker("train")
     done = _load_train_result(marker, Path(workdir), spec)
     if done is not None:
         return done
@@ -158,7 +158,7 @@ def train_stage(
         result = train(
             workdir,
             config,
-            ckpt_dir=WorkDir(Path(workdir)).checkpoint_dir,
+            ckpt_dir=wd.checkpoint_dir,
             device=env.device,
             deadline=None if grant else budget.deadline,
             should_stop=should_stop,
@@ -173,7 +173,7 @@ def train_stage(
     if result.status == "finished":
         # Outputs of an earlier run's model (a rerun asking for more epochs) are stale now.
         for stage in FINISH_STAGES[1:]:
-            WorkDir(Path(workdir)).stage_marker(stage).unlink(missing_ok=True)
+            wd.stage_marker(stage).unlink(missing_ok=True)
         write_json(marker, _train_result_json(result, Path(workdir), spec))
     return result
 

@@ -23,6 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 STAGES: tuple[str, ...] = ("extract", "preprocess", "pitch", "features")
+# `run_job`'s stages after training, in order (their outputs in `finish/`).
+FINISH_STAGES: tuple[str, ...] = ("index", "export", "preview", "report", "zip", "checkpoints")
+JOB_STAGES: tuple[str, ...] = (*STAGES, "train", *FINISH_STAGES)
 CHECKPOINT_DIR = "checkpoints"
 CHECKPOINT_NAME = "latest.pt"
 

@@ -13,6 +13,7 @@ import pytest
 from rvc_core.config import PrepareConfig
 from rvc_core.job import run_job
 from rvc_core.jobspec import JobEnvironment, JobSpec
+from rvc_core.layout import JOB_STAGES
 from rvc_core.prepare import RATES_FILE, Budget, Paused, run_prepare
 from rvc_core.testing import simple_dataset_zip
 
@@ -22,19 +23,7 @@ from rvc_core.testing import simple_dataset_zip
 # machine, measured up to 29 s while other jobs shared it.
 BOUND_SECONDS = 5.0
 TRAIN_BOUND_SECONDS = 45.0
-STAGES = {
-    "extract",
-    "preprocess",
-    "pitch",
-    "features",
-    "train",
-    "index",
-    "export",
-    "preview",
-    "report",
-    "zip",
-    "checkpoints",
-}
+STAGES = set(JOB_STAGES)
 
 
 # --- the budget itself ----------------------------------------------------------------------------

@@ -8,13 +8,12 @@ from typing import IO, Any
 
 from tqdm import tqdm
 
+from rvc_core.layout import JOB_STAGES
+
 BAR_FORMAT = "{desc} {n_fmt}/{total_fmt} epochs |{bar}| "
-# The order a job's stages run in (rvc_core's, then `done`): Pub/Sub does not keep the order of
-# messages, so an event that places the job before where the bar already is arrived late.
-STAGE_ORDER = (
-    "queued", "extract", "preprocess", "pitch", "features", "train",
-    "index", "export", "preview", "report", "zip", "checkpoints", "done",
-)  # fmt: skip
+# The order a job's stages run in: Pub/Sub does not keep the order of messages, so an event that
+# places the job before where the bar already is arrived late.
+STAGE_ORDER = ("queued", *JOB_STAGES, "done")
 
 
 def duration(seconds: float | None) -> str:
